@@ -1,0 +1,42 @@
+"""recurrax: recurrent sequence models in JAX.
+
+The recurrence f : H × X × Θ → H is a *cell*; :func:`scan` runs it over a sequence; layers
+(:class:`Recurrent`, :class:`Bidirectional`, :class:`Stack`) compose cells; a :class:`Head` is the
+output map g : H × X × Θ → Y.
+"""
+
+from .cells import (
+    CELLS,
+    GRU,
+    LSTM,
+    MGU,
+    AssociativeCell,
+    Cell,
+    Elman,
+    ForgetElman,
+    LinearRecurrence,
+    get_cell_class,
+)
+from .layers import Bidirectional, Head, Recurrent, Stack, make_stack
+from .scan import scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssociativeCell",
+    "Bidirectional",
+    "CELLS",
+    "Cell",
+    "Elman",
+    "ForgetElman",
+    "GRU",
+    "Head",
+    "LSTM",
+    "LinearRecurrence",
+    "MGU",
+    "Recurrent",
+    "Stack",
+    "get_cell_class",
+    "make_stack",
+    "scan",
+]

@@ -1,0 +1,76 @@
+"""Input validation shared by cells, scans and layers.
+
+Every check runs in Python on static shapes and dtypes, so a bad argument raises a clear
+``ValueError``/``TypeError`` at construction or trace time instead of an XLA shape error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, or raise if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise naming the valid choices."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(map(str, choices))}")
+    return value
+
+
+def sequence(xs: Any, input_size: int, what: str = "xs") -> jax.Array:
+    """Check that ``xs`` is one floating-point sequence of shape (T, input_size)."""
+    xs = jnp.asarray(xs) if not isinstance(xs, jax.Array) else xs
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(
+            f"{what} must be a floating-point array of shape (T, {input_size}), got dtype {xs.dtype}; "
+            "cast it (e.g. xs.astype(jnp.float32)) or embed token ids first"
+        )
+    if xs.ndim != 2:
+        hint = " (a batch? map over it with jax.vmap)" if xs.ndim == 3 else ""
+        raise ValueError(f"{what} must have shape (T, {input_size}), got shape {tuple(xs.shape)}{hint}")
+    if xs.shape[1] != input_size:
+        raise ValueError(
+            f"{what} has {xs.shape[1]} features per step but the layer expects input_size={input_size} "
+            f"(shape {tuple(xs.shape)})"
+        )
+    if xs.shape[0] == 0:
+        raise ValueError(f"{what} is empty: a sequence needs at least one step, got shape {tuple(xs.shape)}")
+    return xs
+
+
+def step_flags(name: str, flags: Any, length: int) -> jax.Array | None:
+    """Check a per-step boolean array (``starts`` or ``mask``) of shape (T,)."""
+    if flags is None:
+        return None
+    flags = jnp.asarray(flags)
+    if flags.dtype != jnp.bool_ and not jnp.issubdtype(flags.dtype, jnp.integer):
+        raise TypeError(f"{name} must be a boolean array of shape ({length},), got dtype {flags.dtype}")
+    if flags.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},) (one flag per step), got shape {tuple(flags.shape)}")
+    return flags.astype(jnp.bool_)
+
+
+def same_structure(name: str, value: Any, reference: Any) -> None:
+    """Check that a state pytree has the structure and leaf shapes of ``reference``."""
+    ref_def = jax.tree_util.tree_structure(reference)
+    val_def = jax.tree_util.tree_structure(value)
+    if ref_def != val_def:
+        raise ValueError(f"{name} has structure {val_def}, expected {ref_def}")
+    for got, want in zip(jax.tree_util.tree_leaves(value), jax.tree_util.tree_leaves(reference)):
+        if jnp.shape(got) != jnp.shape(want):
+            raise ValueError(
+                f"{name} has a leaf of shape {tuple(jnp.shape(got))}, expected {tuple(jnp.shape(want))} "
+                "(a batch of states? map over it with jax.vmap)"
+            )

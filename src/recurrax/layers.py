@@ -1,0 +1,295 @@
+r"""Sequence layers built from cells: recurrent, bidirectional, deep stacks, and output heads.
+
+A layer maps **one** sequence of shape (T, features); batches come from ``jax.vmap``:
+
+>>> import jax, jax.numpy as jnp, recurrax
+>>> layer = recurrax.Recurrent(recurrax.LSTM(3, 16, key=jax.random.key(0)))
+>>> batch = jnp.ones((8, 20, 3))                  # (B, T, input_size)
+>>> jax.vmap(layer)(batch).shape                  # (B, T, hidden_size)
+(8, 20, 16)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from .cells import AssociativeCell, Cell, get_cell_class
+from .cells.activations import get_activation
+from .scan import SCAN_MODES, scan as run_scan
+
+ScanChoice = Literal["auto", "sequential", "associative"]
+MERGES = ("concat", "sum")
+
+
+def _resolve_scan(cell: Cell, scan: str) -> str:
+    _checks.choice("scan", scan, ("auto",) + SCAN_MODES)
+    if scan == "auto":
+        return "associative" if isinstance(cell, AssociativeCell) else "sequential"
+    if scan == "associative" and not isinstance(cell, AssociativeCell):
+        raise ValueError(
+            f"scan='associative' needs a cell with an associative combine; {type(cell).__name__} has none "
+            "(use scan='sequential' or 'auto')"
+        )
+    return scan
+
+
+class Recurrent(eqx.Module):
+    """A cell run over a sequence: ``ys = layer(xs)``.
+
+    ``scan`` chooses how: ``"sequential"`` (``jax.lax.scan``, any cell), ``"associative"``
+    (``jax.lax.associative_scan``, cells with an associative combine) or ``"auto"`` (associative
+    where the cell has it). ``reverse=True`` runs from the last step to the first.
+
+    ``layer(xs, state=None, *, starts=None, mask=None, return_state=False)``: ``xs`` (T, input_size)
+    → ``ys`` (T, output_size), plus the final state when ``return_state``. ``starts`` resets the
+    state at episode starts; masked steps keep the state and output zeros (see :mod:`recurrax.scan`).
+    """
+
+    cell: Cell
+    scan: str = eqx.field(static=True)
+    reverse: bool = eqx.field(static=True)
+
+    def __init__(self, cell: Cell, scan: ScanChoice = "auto", *, reverse: bool = False):
+        if not isinstance(cell, Cell):
+            raise TypeError(f"Recurrent takes a recurrax Cell, got {type(cell).__name__}")
+        self.cell = cell
+        self.scan = _resolve_scan(cell, scan)
+        self.reverse = bool(reverse)
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    def init_state(self) -> Any:
+        return self.cell.init_state()
+
+    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False):
+        ys, final = run_scan(
+            self.cell, xs, state, starts=starts, mask=mask, reverse=self.reverse, mode=self.scan
+        )
+        return (ys, final) if return_state else ys
+
+    def step(self, state, x):
+        """One step of streaming inference: ``state, y = layer.step(state, x)``."""
+        if self.reverse:
+            raise ValueError("a reversed layer reads the sequence from its end and cannot stream step by step")
+        return self.cell(state, x)
+
+
+class Bidirectional(eqx.Module):
+    """Forward and backward passes over the same sequence, merged per step.
+
+    ``merge="concat"`` gives [→h_t; ←h_t] (size 2H), ``"sum"`` gives →h_t + ←h_t. The state is the
+    pair (forward state, backward state). Takes two cells (or two :class:`Recurrent` layers).
+    """
+
+    forward: Recurrent
+    backward: Recurrent
+    merge: str = eqx.field(static=True)
+
+    def __init__(self, forward: Cell | Recurrent, backward: Cell | Recurrent, *, merge: str = "concat", scan: ScanChoice = "auto"):
+        self.merge = _checks.choice("merge", merge, MERGES)
+        fwd = forward if isinstance(forward, Recurrent) else Recurrent(forward, scan)
+        bwd = backward if isinstance(backward, Recurrent) else Recurrent(backward, scan)
+        if fwd.reverse:
+            raise ValueError("the forward layer of Bidirectional must not be reversed")
+        if not bwd.reverse:
+            bwd = Recurrent(bwd.cell, bwd.scan, reverse=True)
+        if fwd.input_size != bwd.input_size:
+            raise ValueError(f"forward and backward input sizes differ: {fwd.input_size} vs {bwd.input_size}")
+        if merge == "sum" and fwd.output_size != bwd.output_size:
+            raise ValueError(f"merge='sum' needs equal output sizes, got {fwd.output_size} and {bwd.output_size}")
+        self.forward, self.backward = fwd, bwd
+
+    @property
+    def input_size(self) -> int:
+        return self.forward.input_size
+
+    @property
+    def output_size(self) -> int:
+        size = self.forward.output_size
+        return size + self.backward.output_size if self.merge == "concat" else size
+
+    def init_state(self) -> tuple[Any, Any]:
+        return self.forward.init_state(), self.backward.init_state()
+
+    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False):
+        fwd_state, bwd_state = (None, None) if state is None else state
+        ys_f, final_f = self.forward(xs, fwd_state, starts=starts, mask=mask, return_state=True)
+        ys_b, final_b = self.backward(xs, bwd_state, starts=starts, mask=mask, return_state=True)
+        ys = jnp.concatenate([ys_f, ys_b], -1) if self.merge == "concat" else ys_f + ys_b
+        return (ys, (final_f, final_b)) if return_state else ys
+
+
+class Stack(eqx.Module):
+    """Deep recurrent network: layers applied in turn, with optional dropout between them.
+
+    Layer l + 1 reads layer l's outputs. The state is a tuple with one state per layer. Dropout
+    (rate ``dropout``) acts on the outputs of every layer but the last, and only when a ``key``
+    is passed; without a key the stack is deterministic (inference).
+    """
+
+    layers: tuple[Recurrent | Bidirectional, ...]
+    dropout: float = eqx.field(static=True)
+
+    def __init__(self, layers: Sequence[Recurrent | Bidirectional], *, dropout: float = 0.0):
+        layers = tuple(layers)
+        if not layers:
+            raise ValueError("a Stack needs at least one layer")
+        for i, (below, above) in enumerate(zip(layers, layers[1:])):
+            if below.output_size != above.input_size:
+                raise ValueError(
+                    f"layer {i + 1} expects input_size={above.input_size} but layer {i} outputs {below.output_size}"
+                )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.layers = layers
+        self.dropout = float(dropout)
+
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
+    def init_state(self) -> tuple[Any, ...]:
+        return tuple(layer.init_state() for layer in self.layers)
+
+    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False, key=None):
+        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != len(self.layers)):
+            raise ValueError(f"a Stack's state is a tuple of {len(self.layers)} layer states")
+        states = (None,) * len(self.layers) if state is None else tuple(state)
+        keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
+        finals = []
+        for i, (layer, h0) in enumerate(zip(self.layers, states)):
+            xs, final = layer(xs, h0, starts=starts, mask=mask, return_state=True)
+            finals.append(final)
+            if i < len(self.layers) - 1:
+                xs = dropout(xs, self.dropout, keys[i])
+        return (xs, tuple(finals)) if return_state else xs
+
+    def step(self, state, x):
+        """One step of streaming inference through every layer: ``state, y = stack.step(state, x)``."""
+        new_states = []
+        for layer, h in zip(self.layers, state):
+            if not isinstance(layer, Recurrent):
+                raise ValueError("a bidirectional stack reads whole sequences and cannot stream step by step")
+            h, x = layer.step(h, x)
+            new_states.append(h)
+        return tuple(new_states), x
+
+
+def dropout(xs: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each entry with probability ``rate`` and rescale; identity without a key."""
+    if key is None or rate == 0.0:
+        return xs
+    keep = jax.random.bernoulli(key, 1.0 - rate, xs.shape)
+    return jnp.where(keep, xs / (1.0 - rate), 0.0)
+
+
+def make_stack(
+    cell: str | type[Cell],
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    bidirectional: bool = False,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    scan: ScanChoice = "auto",
+    key: jax.Array,
+    **cell_kwargs,
+) -> Stack:
+    """Build a (deep, optionally bidirectional) stack of one cell type.
+
+    ``cell`` is a registered name (``"lstm"``, ``"gru"``, ``"elman"``, ...) or a cell class. With
+    ``bidirectional=True`` every layer is a :class:`Bidirectional` layer (a deep bidirectional
+    network), and layer l + 1 reads both directions of layer l.
+
+    >>> import jax, recurrax
+    >>> net = recurrax.make_stack("gru", 3, 32, num_layers=2, bidirectional=True, key=jax.random.key(0))
+    >>> net(jax.numpy.ones((5, 3))).shape
+    (5, 64)
+    """
+    cls = get_cell_class(cell) if isinstance(cell, str) else cell
+    num_layers = _checks.positive_int("num_layers", num_layers)
+    _checks.choice("merge", merge, MERGES)
+    keys = jax.random.split(key, num_layers * 2)
+    layers = []
+    size = input_size
+    for i in range(num_layers):
+        if bidirectional:
+            fwd = cls(size, hidden_size, key=keys[2 * i], **cell_kwargs)
+            bwd = cls(size, hidden_size, key=keys[2 * i + 1], **cell_kwargs)
+            layer = Bidirectional(fwd, bwd, merge=merge, scan=scan)
+        else:
+            layer = Recurrent(cls(size, hidden_size, key=keys[2 * i], **cell_kwargs), scan)
+        layers.append(layer)
+        size = layer.output_size
+    return Stack(layers, dropout=dropout)
+
+
+class Head(eqx.Module):
+    r"""The output map g : H × X × Θ → Y applied at every step: y_t = W [h_t; x_t] + b.
+
+    With ``input_size=0`` (default) the head reads only h_t (the first text's ŷ_t = W_yh h_t);
+    with ``input_size > 0`` it also reads the step's input x_t (the second text's recall g(h_t, x_t)).
+    ``activation`` (default ``"identity"``) is applied to the result. Call ``head(hs, xs=None)``
+    with ``hs`` (T, in_features) → (T, out_features); ``head.last(hs, xs=None, mask=None)`` reads
+    only the last valid step → (out_features,).
+    """
+
+    weight: jax.Array
+    bias: jax.Array
+    input_size: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_features: int, out_features: int, *, input_size: int = 0, activation: str = "identity", key):
+        in_features = _checks.positive_int("in_features", in_features)
+        out_features = _checks.positive_int("out_features", out_features)
+        if input_size < 0:
+            raise ValueError(f"input_size must be >= 0, got {input_size}")
+        get_activation(activation)
+        fan_in = in_features + input_size
+        k1, k2 = jax.random.split(key)
+        s = 1.0 / fan_in**0.5
+        self.weight = jax.random.uniform(k1, (out_features, fan_in), minval=-s, maxval=s)
+        self.bias = jax.random.uniform(k2, (out_features,), minval=-s, maxval=s)
+        self.input_size = int(input_size)
+        self.activation = activation
+
+    def _features(self, hs, xs):
+        if self.input_size == 0:
+            return hs
+        if xs is None:
+            raise ValueError(f"this head reads the inputs too: pass xs of shape (T, {self.input_size})")
+        return jnp.concatenate([hs, xs], -1)
+
+    def __call__(self, hs, xs=None):
+        zs = self._features(hs, xs) @ self.weight.T + self.bias
+        return get_activation(self.activation)(zs)
+
+    def last(self, hs, xs=None, mask=None):
+        """g applied at the last valid step only (sequence classification): shape (out_features,)."""
+        index = last_valid_index(hs.shape[0], mask)
+        xs_last = None if xs is None else xs[index][None]
+        return self(hs[index][None], xs_last)[0]
+
+
+def last_valid_index(length: int, mask: jax.Array | None) -> jax.Array:
+    """Index of the last step where ``mask`` is true (``length - 1`` without a mask)."""
+    if mask is None:
+        return jnp.asarray(length - 1)
+    mask = _checks.step_flags("mask", mask, length)
+    return length - 1 - jnp.argmax(jnp.flip(mask))
