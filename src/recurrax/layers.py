@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from . import _checks
 from .cells import AssociativeCell, Cell, get_cell_class
 from .cells.activations import get_activation
-from .scan import SCAN_MODES, scan as run_scan
+from .scan import SCAN_MODES, check_mode, scan as run_scan
 
 ScanChoice = Literal["auto", "sequential", "associative"]
 MERGES = ("concat", "sum")
@@ -30,12 +30,7 @@ def _resolve_scan(cell: Cell, scan: str) -> str:
     _checks.choice("scan", scan, ("auto",) + SCAN_MODES)
     if scan == "auto":
         return "associative" if isinstance(cell, AssociativeCell) else "sequential"
-    if scan == "associative" and not isinstance(cell, AssociativeCell):
-        raise ValueError(
-            f"scan='associative' needs a cell with an associative combine; {type(cell).__name__} has none "
-            "(use scan='sequential' or 'auto')"
-        )
-    return scan
+    return check_mode(cell, scan)
 
 
 class Recurrent(eqx.Module):
@@ -181,10 +176,10 @@ class Stack(eqx.Module):
 
     def step(self, state, x):
         """One step of streaming inference through every layer: ``state, y = stack.step(state, x)``."""
+        if not all(isinstance(layer, Recurrent) for layer in self.layers):
+            raise ValueError("a bidirectional stack reads whole sequences and cannot stream step by step")
         new_states = []
         for layer, h in zip(self.layers, state):
-            if not isinstance(layer, Recurrent):
-                raise ValueError("a bidirectional stack reads whole sequences and cannot stream step by step")
             h, x = layer.step(h, x)
             new_states.append(h)
         return tuple(new_states), x

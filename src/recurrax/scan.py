@@ -59,6 +59,17 @@ def reversed_starts(starts: jax.Array) -> jax.Array:
     return jnp.concatenate([starts[1:], jnp.zeros((1,), jnp.bool_)])
 
 
+def check_mode(cell: Cell, mode: str) -> str:
+    """Return ``mode`` if ``cell`` can run with it; else raise a clear error."""
+    _checks.choice("scan mode", mode, SCAN_MODES)
+    if mode == "associative" and not isinstance(cell, AssociativeCell):
+        raise ValueError(
+            f"{type(cell).__name__} has no associative form (its step is not an associative combine); "
+            "use scan='sequential' (or 'auto')"
+        )
+    return mode
+
+
 def scan(
     cell: Cell,
     xs: jax.Array,
@@ -84,12 +95,7 @@ def scan(
     >>> bool(jnp.allclose(ys, ys2, atol=1e-5))
     True
     """
-    _checks.choice("scan mode", mode, SCAN_MODES)
-    if mode == "associative" and not isinstance(cell, AssociativeCell):
-        raise ValueError(
-            f"{type(cell).__name__} has no associative form (its step is not an associative combine); "
-            "use scan='sequential' (or 'auto')"
-        )
+    check_mode(cell, mode)
     xs = _checks.sequence(xs, cell.input_size)
     length = xs.shape[0]
     starts = _checks.step_flags("starts", starts, length)

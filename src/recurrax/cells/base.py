@@ -101,6 +101,9 @@ class AssociativeCell(Cell):
         return new_state, self.readout(new_state, p)
 
 
-def uniform_init(key: jax.Array, shape: tuple[int, ...], scale: float, dtype=jnp.float32) -> jax.Array:
-    """U(-scale, scale), the initialisation torch uses for its recurrent layers (scale = 1/√H)."""
-    return jax.random.uniform(key, shape, dtype, minval=-scale, maxval=scale)
+def uniform_init(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
+    """U(-scale, scale), the initialisation torch uses for its recurrent layers (scale = 1/√H).
+
+    The dtype is JAX's default float: float32, or float64 under ``jax.enable_x64``.
+    """
+    return jax.random.uniform(key, shape, minval=-scale, maxval=scale)

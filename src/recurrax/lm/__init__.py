@@ -1,0 +1,1 @@
+"""Language modelling: vocabularies, tokenisation and n-gram baselines."""

@@ -1,0 +1,83 @@
+"""Bad input raises a clear error naming what was expected and what came."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+
+X, H = 3, 4
+KEY = jax.random.key(0)
+
+
+@pytest.fixture
+def layer():
+    return recurrax.Recurrent(recurrax.GRU(X, H, key=KEY))
+
+
+def test_wrong_feature_size(layer):
+    with pytest.raises(ValueError, match=r"5 features per step but the layer expects input_size=3"):
+        layer(jnp.ones((7, 5)))
+
+
+def test_batched_input_suggests_vmap(layer):
+    with pytest.raises(ValueError, match="vmap"):
+        layer(jnp.ones((2, 7, X)))
+
+
+def test_integer_inputs(layer):
+    with pytest.raises(TypeError, match="floating-point.*int32"):
+        layer(jnp.ones((7, X), jnp.int32))
+
+
+def test_starts_and_mask_of_wrong_length(layer):
+    with pytest.raises(ValueError, match=r"starts must have shape \(7,\).*\(6,\)"):
+        layer(jnp.ones((7, X)), starts=np.zeros(6, bool))
+    with pytest.raises(ValueError, match=r"mask must have shape \(7,\).*\(8,\)"):
+        layer(jnp.ones((7, X)), mask=np.ones(8, bool))
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        layer(jnp.ones((7, X)), mask=np.ones(7, np.float32))
+
+
+def test_wrong_state(layer):
+    with pytest.raises(ValueError, match=r"state has a leaf of shape \(5,\), expected \(4,\)"):
+        layer(jnp.ones((7, X)), jnp.zeros(5))
+    lstm = recurrax.Recurrent(recurrax.LSTM(X, H, key=KEY))
+    with pytest.raises(ValueError, match="state has structure"):
+        lstm(jnp.ones((7, X)), jnp.zeros(H))
+
+
+@pytest.mark.parametrize("sizes", [(0, 4), (3, -1), (3, 2.5), (True, 4)])
+def test_non_positive_sizes(sizes):
+    with pytest.raises((ValueError, TypeError), match="(input_size|hidden_size) must be a positive integer"):
+        recurrax.LSTM(*sizes, key=KEY)
+
+
+def test_unknown_activation_cell_scan_merge():
+    with pytest.raises(ValueError, match="unknown activation 'gelu'; expected one of: tanh, sigmoid, relu, identity"):
+        recurrax.Elman(X, H, activation="gelu", key=KEY)
+    with pytest.raises(ValueError, match="unknown cell 'transformer'; expected one of: linear, elman"):
+        recurrax.make_stack("transformer", X, H, key=KEY)
+    with pytest.raises(ValueError, match="unknown scan 'parallel'"):
+        recurrax.Recurrent(recurrax.GRU(X, H, key=KEY), scan="parallel")
+    with pytest.raises(ValueError, match="unknown merge"):
+        recurrax.make_stack("gru", X, H, bidirectional=True, merge="mean", key=KEY)
+
+
+def test_stack_size_mismatch():
+    a = recurrax.Recurrent(recurrax.GRU(X, H, key=KEY))
+    b = recurrax.Recurrent(recurrax.GRU(H + 1, H, key=KEY))
+    with pytest.raises(ValueError, match="layer 1 expects input_size=5 but layer 0 outputs 4"):
+        recurrax.Stack([a, b])
+
+
+def test_one_step_call_checks_shape():
+    cell = recurrax.LSTM(X, H, key=KEY)
+    with pytest.raises(ValueError, match=r"one step x of shape \(3,\)"):
+        cell(cell.init_state(), jnp.ones((2, X)))
+
+
+def test_empty_sequence(layer):
+    with pytest.raises(ValueError, match="empty"):
+        layer(jnp.ones((0, X)))
