@@ -112,8 +112,9 @@ def test_final_state_continues_the_sequence(cell_name):
     reverse=st.booleans(),
     use_starts=st.booleans(),
     use_mask=st.booleans(),
+    chunk_size=st.integers(1, 8),
 )
-def test_associative_equals_sequential(length, seed, reverse, use_starts, use_mask):
+def test_associative_and_chunked_equal_sequential(length, seed, reverse, use_starts, use_mask, chunk_size):
     rng = np.random.default_rng(seed)
     cell = recurrax.LinearRecurrence(X, H, key=jax.random.key(seed))
     xs = jnp.asarray(rng.normal(size=(length, X)), jnp.float32)
@@ -123,7 +124,11 @@ def test_associative_equals_sequential(length, seed, reverse, use_starts, use_ma
     kwargs = dict(starts=starts, mask=mask, reverse=reverse)
     seq = recurrax.scan(cell, xs, h0, mode="sequential", **kwargs)
     assoc = recurrax.scan(cell, xs, h0, mode="associative", **kwargs)
+    chunked = recurrax.scan(cell, xs, h0, mode="chunked", chunk_size=chunk_size, **kwargs)
+    remat = recurrax.scan(cell, xs, h0, mode="sequential", chunk_size=chunk_size, **kwargs)
     assert_tree_close(seq, assoc, tol=2e-5)
+    assert_tree_close(seq, chunked, tol=2e-5)
+    assert_tree_close(seq, remat, tol=2e-5)
     ref_ys, ref_final = run("linear", cell, xs, np.asarray(h0), starts, mask, reverse)
     np.testing.assert_allclose(assoc[0], ref_ys, rtol=2e-5, atol=2e-5)
 
@@ -145,3 +150,18 @@ def test_associative_scan_of_cell_without_combine_is_an_error():
         recurrax.scan(make("lstm"), jnp.ones((3, X)), mode="associative")
     assert recurrax.Recurrent(make("linear")).scan == "associative"
     assert recurrax.Recurrent(make("gru")).scan == "sequential"
+
+
+def test_rematerialised_sequential_scan_has_the_same_values_and_gradients(cell_name):
+    cell = make(cell_name)
+    xs = jax.random.normal(jax.random.key(8), (11, X))
+    starts = np.array([0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0], bool)
+
+    def loss(c, chunk_size):
+        ys, final = recurrax.scan(c, xs, starts=starts, chunk_size=chunk_size)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(f) for f in jax.tree_util.tree_leaves(final))
+
+    plain, g_plain = eqx.filter_value_and_grad(loss)(cell, None)
+    remat, g_remat = eqx.filter_value_and_grad(loss)(cell, 4)
+    np.testing.assert_allclose(plain, remat, rtol=1e-5)
+    assert_tree_close(g_plain, g_remat, tol=1e-5)

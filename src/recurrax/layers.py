@@ -22,7 +22,7 @@ from .cells import AssociativeCell, Cell, get_cell_class
 from .cells.activations import get_activation
 from .scan import SCAN_MODES, check_mode, scan as run_scan
 
-ScanChoice = Literal["auto", "sequential", "associative"]
+ScanChoice = Literal["auto", "sequential", "associative", "chunked"]
 MERGES = ("concat", "sum")
 
 
@@ -37,8 +37,11 @@ class Recurrent(eqx.Module):
     """A cell run over a sequence: ``ys = layer(xs)``.
 
     ``scan`` chooses how: ``"sequential"`` (``jax.lax.scan``, any cell), ``"associative"``
-    (``jax.lax.associative_scan``, cells with an associative combine) or ``"auto"`` (associative
-    where the cell has it). ``reverse=True`` runs from the last step to the first.
+    (``jax.lax.associative_scan``, cells with an associative combine), ``"chunked"`` (associative
+    within chunks of ``chunk_size`` steps, state carried between them, memory bounded) or ``"auto"``
+    (associative where the cell has it). ``chunk_size`` with ``"sequential"`` rematerialises each
+    chunk in the backward pass (see :mod:`recurrax.scan`). ``reverse=True`` runs from the last step
+    to the first.
 
     ``layer(xs, state=None, *, starts=None, mask=None, return_state=False)``: ``xs`` (T, input_size)
     → ``ys`` (T, output_size), plus the final state when ``return_state``. ``starts`` resets the
@@ -48,13 +51,15 @@ class Recurrent(eqx.Module):
     cell: Cell
     scan: str = eqx.field(static=True)
     reverse: bool = eqx.field(static=True)
+    chunk_size: int | None = eqx.field(static=True)
 
-    def __init__(self, cell: Cell, scan: ScanChoice = "auto", *, reverse: bool = False):
+    def __init__(self, cell: Cell, scan: ScanChoice = "auto", *, reverse: bool = False, chunk_size: int | None = None):
         if not isinstance(cell, Cell):
             raise TypeError(f"Recurrent takes a recurrax Cell, got {type(cell).__name__}")
         self.cell = cell
         self.scan = _resolve_scan(cell, scan)
         self.reverse = bool(reverse)
+        self.chunk_size = None if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
 
     @property
     def input_size(self) -> int:
@@ -69,7 +74,8 @@ class Recurrent(eqx.Module):
 
     def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False):
         ys, final = run_scan(
-            self.cell, xs, state, starts=starts, mask=mask, reverse=self.reverse, mode=self.scan
+            self.cell, xs, state, starts=starts, mask=mask, reverse=self.reverse, mode=self.scan,
+            chunk_size=self.chunk_size,
         )
         return (ys, final) if return_state else ys
 
@@ -98,7 +104,7 @@ class Bidirectional(eqx.Module):
         if fwd.reverse:
             raise ValueError("the forward layer of Bidirectional must not be reversed")
         if not bwd.reverse:
-            bwd = Recurrent(bwd.cell, bwd.scan, reverse=True)
+            bwd = Recurrent(bwd.cell, bwd.scan, reverse=True, chunk_size=bwd.chunk_size)
         if fwd.input_size != bwd.input_size:
             raise ValueError(f"forward and backward input sizes differ: {fwd.input_size} vs {bwd.input_size}")
         if merge == "sum" and fwd.output_size != bwd.output_size:
@@ -203,6 +209,7 @@ def make_stack(
     merge: str = "concat",
     dropout: float = 0.0,
     scan: ScanChoice = "auto",
+    chunk_size: int | None = None,
     key: jax.Array,
     **cell_kwargs,
 ) -> Stack:
@@ -227,9 +234,11 @@ def make_stack(
         if bidirectional:
             fwd = cls(size, hidden_size, key=keys[2 * i], **cell_kwargs)
             bwd = cls(size, hidden_size, key=keys[2 * i + 1], **cell_kwargs)
-            layer = Bidirectional(fwd, bwd, merge=merge, scan=scan)
+            layer = Bidirectional(
+                Recurrent(fwd, scan, chunk_size=chunk_size), Recurrent(bwd, scan, chunk_size=chunk_size), merge=merge
+            )
         else:
-            layer = Recurrent(cls(size, hidden_size, key=keys[2 * i], **cell_kwargs), scan)
+            layer = Recurrent(cls(size, hidden_size, key=keys[2 * i], **cell_kwargs), scan, chunk_size=chunk_size)
         layers.append(layer)
         size = layer.output_size
     return Stack(layers, dropout=dropout)

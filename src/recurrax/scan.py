@@ -1,10 +1,17 @@
 r"""The scan engine: run a cell's step f over a sequence, scan(f)(h_0, x_1..x_T) = (h_1..h_T).
 
-One entry point, :func:`scan`, with two ways of running the same cell:
+One entry point, :func:`scan`, with three ways of running the same cell:
 
 * ``"sequential"``: ``jax.lax.scan`` over the steps; works for every cell.
 * ``"associative"``: ``jax.lax.associative_scan`` over the cell's transitions, for an
   :class:`~recurrax.cells.AssociativeCell`; O(log T) depth, same numbers to float tolerance.
+* ``"chunked"``: associative within chunks of ``chunk_size`` steps, the state carried from chunk
+  to chunk by a sequential loop; each chunk is recomputed in the backward pass
+  (``jax.checkpoint``), so memory stays bounded for very long sequences.
+
+``chunk_size`` with ``"sequential"`` cuts the loop the same way: the backward pass then stores
+only the states at chunk boundaries and recomputes each chunk (rematerialisation), so training
+memory grows like T / chunk_size + chunk_size instead of T.
 
 Both accept
 
@@ -32,8 +39,9 @@ import jax.numpy as jnp
 from . import _checks
 from .cells.base import AssociativeCell, Cell
 
-ScanMode = Literal["sequential", "associative"]
-SCAN_MODES = ("sequential", "associative")
+ScanMode = Literal["sequential", "associative", "chunked"]
+SCAN_MODES = ("sequential", "associative", "chunked")
+DEFAULT_CHUNK_SIZE = 256
 
 
 def _where(cond: jax.Array, a: Any, b: Any) -> Any:
@@ -62,7 +70,7 @@ def reversed_starts(starts: jax.Array) -> jax.Array:
 def check_mode(cell: Cell, mode: str) -> str:
     """Return ``mode`` if ``cell`` can run with it; else raise a clear error."""
     _checks.choice("scan mode", mode, SCAN_MODES)
-    if mode == "associative" and not isinstance(cell, AssociativeCell):
+    if mode in ("associative", "chunked") and not isinstance(cell, AssociativeCell):
         raise ValueError(
             f"{type(cell).__name__} has no associative form (its step is not an associative combine); "
             "use scan='sequential' (or 'auto')"
@@ -79,13 +87,14 @@ def scan(
     mask: jax.Array | None = None,
     reverse: bool = False,
     mode: ScanMode = "sequential",
+    chunk_size: int | None = None,
     unroll: int = 1,
 ) -> tuple[jax.Array, Any]:
     """Run ``cell`` over one sequence ``xs`` of shape (T, input_size).
 
     Returns ``(ys, final_state)`` with ``ys`` of shape (T, cell.output_size). See the module
-    docstring for ``starts``, ``mask`` and ``reverse``. ``unroll`` is passed to ``jax.lax.scan``
-    in sequential mode.
+    docstring for ``starts``, ``mask``, ``reverse``, the modes and ``chunk_size`` (``"chunked"``
+    uses 256 when it is not given). ``unroll`` is passed to ``jax.lax.scan`` in sequential mode.
 
     >>> import jax, jax.numpy as jnp, recurrax
     >>> cell = recurrax.LinearRecurrence(2, 4, key=jax.random.key(0))
@@ -96,6 +105,10 @@ def scan(
     True
     """
     check_mode(cell, mode)
+    if chunk_size is not None:
+        chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    elif mode == "chunked":
+        chunk_size = DEFAULT_CHUNK_SIZE
     xs = _checks.sequence(xs, cell.input_size)
     length = xs.shape[0]
     starts = _checks.step_flags("starts", starts, length)
@@ -110,56 +123,90 @@ def scan(
 
     ps = jax.vmap(cell.project)(xs)
     if mode == "sequential":
-        ys, final = _sequential(cell, ps, h0, starts, mask, unroll)
+        run_chunk = lambda p, s, m, h: _sequential(cell, p, h, h0, s, m, unroll)  # noqa: E731
     else:
-        ys, final = _associative(cell, ps, h0, starts, mask)
+        run_chunk = lambda p, s, m, h: _associative(cell, p, h, h0, s, m)  # noqa: E731
+    if chunk_size is None or chunk_size >= length:
+        ys, final = run_chunk(ps, starts, mask, h0)
+    else:
+        ys, final = _over_chunks(run_chunk, ps, starts, mask, h0, chunk_size)
     if reverse:
         ys = jnp.flip(ys, 0)
     return ys, final
 
 
-def _sequential(cell: Cell, ps: Any, h0: Any, starts, mask, unroll: int):
+def _over_chunks(run_chunk, ps: Any, starts, mask, h0: Any, chunk_size: int):
+    """Run ``run_chunk`` chunk after chunk, carrying the state; each chunk is rematerialised."""
+    length = jax.tree_util.tree_leaves(ps)[0].shape[0]
+    num_chunks = -(-length // chunk_size)
+    pad = num_chunks * chunk_size - length
+    if pad:
+        # Padding steps repeat the last step (finite values for every cell) and are masked out.
+        ps = jax.tree_util.tree_map(lambda p: jnp.pad(p, [(0, pad)] + [(0, 0)] * (p.ndim - 1), mode="edge"), ps)
+        mask = jnp.ones((length,), jnp.bool_) if mask is None else mask
+        mask = jnp.pad(mask, (0, pad))
+        starts = None if starts is None else jnp.pad(starts, (0, pad))
+
+    def chunks(a):
+        return None if a is None else a.reshape((num_chunks, chunk_size) + a.shape[1:])
+
+    @jax.checkpoint
+    def body(h, chunk):
+        p, s, m = chunk
+        ys, h_end = run_chunk(p, s, m, h)
+        return h_end, ys
+
+    final, ys = jax.lax.scan(body, h0, (jax.tree_util.tree_map(chunks, ps), chunks(starts), chunks(mask)))
+    ys = ys.reshape((num_chunks * chunk_size,) + ys.shape[2:])[:length]
+    return ys, final
+
+
+def _sequential(cell: Cell, ps: Any, h_start: Any, h_reset: Any, starts, mask, unroll: int):
+    """lax.scan from ``h_start``; a start flag resets the state to ``h_reset``."""
+
     def body(h, inputs):
         p, start, valid = inputs
-        h_in = h if start is None else _where(start, h0, h)
+        h_in = h if start is None else _where(start, h_reset, h)
         h_new, y = cell.step(h_in, p)
         if valid is not None:
             h_new = _where(valid, h_new, h)
             y = _zero_where_masked(valid, y)
         return h_new, y
 
-    final, ys = jax.lax.scan(body, h0, (ps, starts, mask), unroll=unroll)
+    final, ys = jax.lax.scan(body, h_start, (ps, starts, mask), unroll=unroll)
     return ys, final
 
 
-def _associative(cell: AssociativeCell, ps: Any, h0: Any, starts, mask):
+def _associative(cell: AssociativeCell, ps: Any, h_start: Any, h_reset: Any, starts, mask):
+    """associative_scan of the transitions, applied to ``h_start`` (or ``h_reset`` after a start)."""
     elements = jax.vmap(cell.element)(ps)
     compose = jax.vmap(cell.combine)
+    apply_all = jax.vmap(cell.apply, in_axes=(0, None))
 
     if starts is None and mask is None:
-        prefix = jax.lax.associative_scan(compose, elements)
-        valid_prefix = None
-    else:
-        # Flags extend the monoid: a reset discards everything earlier, and a masked step is the
-        # identity. Both keep the combine associative.
-        length = jax.tree_util.tree_leaves(elements)[0].shape[0]
-        resets = jnp.zeros((length,), jnp.bool_) if starts is None else starts
-        valid = jnp.ones((length,), jnp.bool_) if mask is None else mask
-        resets = resets & valid
+        states = apply_all(jax.lax.associative_scan(compose, elements), h_start)
+        return jax.vmap(cell.readout)(states, ps), jax.tree_util.tree_map(lambda s: s[-1], states)
 
-        def combine(earlier, later):
-            e1, r1, v1 = earlier
-            e2, r2, v2 = later
-            out = _where(r2 | ~v1, e2, compose(e1, e2))
-            out = _where(v2, out, e1)
-            return out, r1 | r2, v1 | v2
+    # Flags extend the monoid: a reset discards everything earlier, and a masked step is the
+    # identity. Both keep the combine associative.
+    length = jax.tree_util.tree_leaves(elements)[0].shape[0]
+    resets = jnp.zeros((length,), jnp.bool_) if starts is None else starts
+    valid = jnp.ones((length,), jnp.bool_) if mask is None else mask
+    resets = resets & valid
 
-        prefix, _, valid_prefix = jax.lax.associative_scan(combine, (elements, resets, valid))
+    def combine(earlier, later):
+        e1, r1, v1 = earlier
+        e2, r2, v2 = later
+        out = _where(r2 | ~v1, e2, compose(e1, e2))
+        out = _where(v2, out, e1)
+        return out, r1 | r2, v1 | v2
 
-    states = jax.vmap(cell.apply, in_axes=(0, None))(prefix, h0)
-    if valid_prefix is not None:
-        h0_tiled = jax.tree_util.tree_map(lambda s, h: jnp.broadcast_to(h, s.shape), states, h0)
-        states = _where(valid_prefix, states, h0_tiled)
+    prefix, reset_prefix, valid_prefix = jax.lax.associative_scan(combine, (elements, resets, valid))
+    states = apply_all(prefix, h_start)
+    if starts is not None:
+        states = _where(reset_prefix, apply_all(prefix, h_reset), states)
+    h_start_tiled = jax.tree_util.tree_map(lambda s, h: jnp.broadcast_to(h, s.shape), states, h_start)
+    states = _where(valid_prefix, states, h_start_tiled)
     ys = _zero_where_masked(mask, jax.vmap(cell.readout)(states, ps))
     final = jax.tree_util.tree_map(lambda s: s[-1], states)
     return ys, final
