@@ -18,6 +18,7 @@ from .cells import (
     get_cell_class,
 )
 from .layers import Bidirectional, Head, Recurrent, Stack, make_stack
+from .models import SequenceModel
 from .scan import scan
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "LinearRecurrence",
     "MGU",
     "Recurrent",
+    "SequenceModel",
     "Stack",
     "get_cell_class",
     "make_stack",

@@ -72,10 +72,10 @@ class Recurrent(eqx.Module):
     def init_state(self) -> Any:
         return self.cell.init_state()
 
-    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False):
+    def __call__(self, xs, state=None, *, starts=None, mask=None, reset_state=None, return_state: bool = False):
         ys, final = run_scan(
-            self.cell, xs, state, starts=starts, mask=mask, reverse=self.reverse, mode=self.scan,
-            chunk_size=self.chunk_size,
+            self.cell, xs, state, starts=starts, mask=mask, reset_state=reset_state, reverse=self.reverse,
+            mode=self.scan, chunk_size=self.chunk_size,
         )
         return (ys, final) if return_state else ys
 
@@ -123,10 +123,11 @@ class Bidirectional(eqx.Module):
     def init_state(self) -> tuple[Any, Any]:
         return self.forward.init_state(), self.backward.init_state()
 
-    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False):
+    def __call__(self, xs, state=None, *, starts=None, mask=None, reset_state=None, return_state: bool = False):
         fwd_state, bwd_state = (None, None) if state is None else state
-        ys_f, final_f = self.forward(xs, fwd_state, starts=starts, mask=mask, return_state=True)
-        ys_b, final_b = self.backward(xs, bwd_state, starts=starts, mask=mask, return_state=True)
+        fwd_reset, bwd_reset = (None, None) if reset_state is None else reset_state
+        ys_f, final_f = self.forward(xs, fwd_state, starts=starts, mask=mask, reset_state=fwd_reset, return_state=True)
+        ys_b, final_b = self.backward(xs, bwd_state, starts=starts, mask=mask, reset_state=bwd_reset, return_state=True)
         ys = jnp.concatenate([ys_f, ys_b], -1) if self.merge == "concat" else ys_f + ys_b
         return (ys, (final_f, final_b)) if return_state else ys
 
@@ -167,18 +168,26 @@ class Stack(eqx.Module):
     def init_state(self) -> tuple[Any, ...]:
         return tuple(layer.init_state() for layer in self.layers)
 
-    def __call__(self, xs, state=None, *, starts=None, mask=None, return_state: bool = False, key=None):
-        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != len(self.layers)):
-            raise ValueError(f"a Stack's state is a tuple of {len(self.layers)} layer states")
-        states = (None,) * len(self.layers) if state is None else tuple(state)
+    def __call__(
+        self, xs, state=None, *, starts=None, mask=None, reset_state=None, return_state: bool = False, key=None
+    ):
+        states = self._per_layer("state", state)
+        resets = self._per_layer("reset_state", reset_state)
         keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
         finals = []
-        for i, (layer, h0) in enumerate(zip(self.layers, states)):
-            xs, final = layer(xs, h0, starts=starts, mask=mask, return_state=True)
+        for i, (layer, h0, h_reset) in enumerate(zip(self.layers, states, resets)):
+            xs, final = layer(xs, h0, starts=starts, mask=mask, reset_state=h_reset, return_state=True)
             finals.append(final)
             if i < len(self.layers) - 1:
                 xs = dropout(xs, self.dropout, keys[i])
         return (xs, tuple(finals)) if return_state else xs
+
+    def _per_layer(self, name: str, value) -> tuple:
+        if value is None:
+            return (None,) * len(self.layers)
+        if not isinstance(value, (tuple, list)) or len(value) != len(self.layers):
+            raise ValueError(f"a Stack's {name} is a tuple of {len(self.layers)} layer states")
+        return tuple(value)
 
     def step(self, state, x):
         """One step of streaming inference through every layer: ``state, y = stack.step(state, x)``."""

@@ -17,7 +17,9 @@ Both accept
 
 * ``state``: the initial state h_0 (the cell's zeros by default); the final state comes back.
 * ``starts``: bool (T,). Where true, the state is reset to h_0 *before* that step, so several
-  episodes packed into one row give exactly what separate runs from h_0 give.
+  episodes packed into one row give exactly what separate runs from h_0 give. ``reset_state``
+  sets another reset target: truncated BPTT starts a chunk from the state carried over from the
+  previous chunk but resets to the model's initial state at episode starts.
 * ``mask``: bool (T,). Where false (padding), the step leaves the state unchanged and its output
   is **zero**; ``starts`` is ignored at masked steps. The final state is the state after the last
   unmasked step.
@@ -85,6 +87,7 @@ def scan(
     *,
     starts: jax.Array | None = None,
     mask: jax.Array | None = None,
+    reset_state: Any = None,
     reverse: bool = False,
     mode: ScanMode = "sequential",
     chunk_size: int | None = None,
@@ -115,6 +118,8 @@ def scan(
     mask = _checks.step_flags("mask", mask, length)
     h0 = cell.init_state() if state is None else state
     _checks.same_structure("state", h0, cell.init_state())
+    h_reset = h0 if reset_state is None else reset_state
+    _checks.same_structure("reset_state", h_reset, cell.init_state())
 
     if reverse:
         xs = jnp.flip(xs, 0)
@@ -123,9 +128,9 @@ def scan(
 
     ps = jax.vmap(cell.project)(xs)
     if mode == "sequential":
-        run_chunk = lambda p, s, m, h: _sequential(cell, p, h, h0, s, m, unroll)  # noqa: E731
+        run_chunk = lambda p, s, m, h: _sequential(cell, p, h, h_reset, s, m, unroll)  # noqa: E731
     else:
-        run_chunk = lambda p, s, m, h: _associative(cell, p, h, h0, s, m)  # noqa: E731
+        run_chunk = lambda p, s, m, h: _associative(cell, p, h, h_reset, s, m)  # noqa: E731
     if chunk_size is None or chunk_size >= length:
         ys, final = run_chunk(ps, starts, mask, h0)
     else:

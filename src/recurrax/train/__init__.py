@@ -1,0 +1,1 @@
+"""Training: losses, BPTT strategies, the trainer, checkpoints and run directories."""
