@@ -1,0 +1,313 @@
+"""The trainer: ``fit`` runs a BPTT strategy with an Optax optimiser, evaluates, stops early,
+logs, checkpoints and resumes.
+
+The order of batches, dropout keys and curriculum stages is a pure function of ``(seed, step)``,
+and the checkpoint holds the model, the optimiser state, the carried recurrent state and the
+early-stopping state, so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import _checks
+from . import checkpoint, run_dir as runs
+from .bptt import BPTT, batch_loss, batched_initial_state, make_update
+from .losses import REDUCTIONS, is_last_step
+from .progress import Progress
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+METRICS = ("mse", "accuracy")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``steps`` counts updates; a truncated-BPTT batch is one step however many chunks it has.
+
+    ``clip`` is the global-norm bound on the gradient (the remedy for exploding gradients; ``None``
+    turns it off). ``patience`` stops training after that many evaluations without a better
+    validation loss (``None``: never).
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup: int = 0
+    clip: float | None = 1.0
+    weight_decay: float = 0.0
+    bptt: str = "full"
+    chunk: int | None = None
+    stride: int = 1
+    reduce: str = "mean"
+    eval_every: int = 200
+    patience: int | None = None
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        _checks.positive_int("steps", self.steps)
+        _checks.positive_int("batch_size", self.batch_size)
+        _checks.positive_int("eval_every", self.eval_every)
+        _checks.positive_int("log_every", self.log_every)
+        _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        _checks.choice("schedule", self.schedule, SCHEDULES)
+        _checks.choice("reduce", self.reduce, REDUCTIONS)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be positive (or None to turn clipping off), got {self.clip}")
+        if self.warmup < 0 or self.warmup >= self.steps:
+            raise ValueError(f"warmup must be in [0, steps), got {self.warmup}")
+        if self.patience is not None:
+            _checks.positive_int("patience", self.patience)
+        self.strategy  # validates bptt/chunk/stride
+
+    @property
+    def strategy(self) -> BPTT:
+        return BPTT(self.bptt, self.chunk, self.stride)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam/AdamW/SGD with a constant or cosine schedule and linear warmup."""
+    if config.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup, config.steps, 0.0)
+    elif config.warmup:
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, config.learning_rate, config.warmup), optax.constant_schedule(config.learning_rate)],
+            [config.warmup],
+        )
+    else:
+        lr = config.learning_rate
+    base = {
+        "adam": lambda: optax.adam(lr),
+        "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay),
+        "sgd": lambda: optax.sgd(lr, momentum=0.9),
+    }[config.optimizer]()
+    return base if config.clip is None else optax.chain(optax.clip_by_global_norm(config.clip), base)
+
+
+class BatchSource(Protocol):
+    """Where training batches come from: ``batch(epoch, index)`` for ``index < batches_per_epoch``.
+
+    ``carries_state``: consecutive batches of an epoch continue the same streams (a language
+    model's contiguous text), so the final state of one batch starts the next.
+    """
+
+    batches_per_epoch: int
+    carries_state: bool
+
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]: ...
+
+
+class ShuffledBatches:
+    """Independent sequences (N, T, ...), reshuffled every epoch with a generator seeded by (seed, epoch)."""
+
+    carries_state = False
+
+    def __init__(self, data: Mapping[str, np.ndarray], batch_size: int, seed: int = 0):
+        self.data = {k: np.asarray(v) for k, v in data.items() if v is not None}
+        self.size = len(self.data["inputs"])
+        if self.size < batch_size:
+            raise ValueError(f"the training set has {self.size} sequences, fewer than one batch of {batch_size}")
+        self.batch_size, self.seed = batch_size, seed
+        self.batches_per_epoch = self.size // batch_size
+
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return {k: v[chosen] for k, v in self.data.items()}
+
+
+def evaluate_sequences(model, data: Mapping[str, np.ndarray], *, objective: str, metric: str, reduce: str = "mean",
+                       batch_size: int = 256) -> dict[str, float]:
+    """Mean loss and ``metric`` (``"mse"`` per scored step and feature, or ``"accuracy"``) over a data set."""
+    _checks.choice("metric", metric, METRICS)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    last = is_last_step(objective)
+
+    @jax.jit
+    def stats(params, batch):
+        m = eqx.combine(params, static)
+        loss, _ = batch_loss(params, static, batch, objective=objective, reduce=reduce)
+        outputs = jax.vmap(lambda x, mk: m(x, mask=mk))(batch["inputs"], batch["mask"])
+        targets = batch["targets"]
+        weights = None if last else batch.get("loss_mask", batch["mask"]).astype(jnp.float32)
+        if metric == "accuracy":
+            hits = (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)
+        else:
+            hits = jnp.mean((outputs - targets) ** 2, axis=-1)
+        if weights is None:
+            return loss * len(targets), jnp.sum(hits), jnp.asarray(hits.size, jnp.float32)
+        return loss * len(targets), jnp.sum(hits * weights), jnp.sum(weights)
+
+    data = {k: np.asarray(v) for k, v in data.items() if v is not None}
+    n = len(data["inputs"])
+    total_loss = total_metric = count = 0.0
+    for lo in range(0, n, batch_size):
+        batch = {k: v[lo : lo + batch_size] for k, v in data.items()}
+        loss_sum, metric_sum, weight = jax.device_get(stats(params, batch))
+        total_loss += float(loss_sum)
+        total_metric += float(metric_sum)
+        count += float(weight)
+    return {"valid_loss": total_loss / n, f"valid_{metric}": total_metric / max(count, 1.0)}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the final and best models, the last step run, and every metrics record."""
+
+    model: Any
+    best_model: Any
+    step: int
+    best_valid_loss: float
+    stopped_early: bool
+    records: list[dict]
+
+
+def _curriculum_unit(config: TrainConfig, source: BatchSource, step: int, length: int) -> tuple[int, int, int]:
+    """(epoch, batch index, prefix length) of update number ``step``."""
+    stages = config.strategy.stages(length)
+    per_epoch = len(stages) * source.batches_per_epoch
+    epoch, within = divmod(step, per_epoch)
+    stage, index = divmod(within, source.batches_per_epoch)
+    return epoch, index, stages[stage]
+
+
+def fit(
+    model,
+    source: BatchSource,
+    *,
+    objective: str,
+    config: TrainConfig,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    run_config: dict | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on batches from ``source`` under ``objective`` (see :mod:`recurrax.train.losses`).
+
+    ``evaluate(model) -> {"valid_loss": ..., ...}`` runs every ``config.eval_every`` steps and at
+    the end; early stopping and the best model follow ``valid_loss``. With ``run_dir`` the run is
+    logged and checkpointed there (``run_config`` is written as ``config.json`` beside the training
+    configuration); ``resume=True`` continues from the checkpoint in ``run_dir``.
+    """
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to continue")
+    optimizer = make_optimizer(config)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    update = make_update(static, optimizer, objective, config.reduce, config.strategy)
+    opt_state = optimizer.init(params)
+    first = source.batch(0, 0)
+    batch_size, length = first["mask"].shape
+    carry = batched_initial_state(model, batch_size) if source.carries_state else None
+    start, best_loss, best_step, bad_evals = 0, math.inf, -1, 0
+    best_params = params
+    log = None
+
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        log = runs.MetricsLog(run_dir)
+        ckpt_path = run_dir / runs.CHECKPOINT
+        if resume:
+            (params, opt_state, carry), meta = checkpoint.load(ckpt_path, (params, opt_state, carry))
+            start, best_loss, best_step, bad_evals = meta["step"], meta["best_valid_loss"], meta["best_step"], meta["bad_evals"]
+            best_params = params
+            if (run_dir / runs.BEST).exists():
+                best_params = checkpoint.load(run_dir / runs.BEST, params)[0]
+            log.truncate_after(start)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log.path.unlink(missing_ok=True)
+            runs.write_config(run_dir, {**(run_config or {}), "train": config.to_dict()})
+
+    def save_checkpoint(step):
+        if run_dir is not None:
+            meta = {"step": step, "best_valid_loss": best_loss, "best_step": best_step, "bad_evals": bad_evals}
+            checkpoint.save(ckpt_path, (params, opt_state, carry), meta)
+
+    bar = Progress(config.steps, start=start, every=config.log_every, enabled=progress)
+    key = jax.random.key(config.seed)
+    pending: list[dict] = []  # records not yet written to the log
+    history: list[dict] = log.read() if log is not None else []
+    stopped_early = False
+    step = start
+    try:
+        while step < config.steps:
+            if config.bptt == "curriculum":
+                epoch, index, stage = _curriculum_unit(config, source, step, length)
+            else:
+                (epoch, index), stage = divmod(step, source.batches_per_epoch), length
+            batch = source.batch(epoch, index)
+            if source.carries_state and index == 0:
+                carry = batched_initial_state(eqx.combine(params, static), batch_size)
+            params, opt_state, new_carry, metrics = update(
+                params, opt_state, carry, batch, jax.random.fold_in(key, step), stage
+            )
+            if source.carries_state:
+                carry = new_carry
+            step += 1
+            record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            if config.bptt == "curriculum":
+                record["prefix"] = int(stage)
+            if not math.isfinite(record["loss"]):
+                raise FloatingPointError(
+                    f"the training loss became {record['loss']} at step {step}; lower the learning rate or clip gradients"
+                )
+            pending.append(record)
+            history.append(record)
+            bar.update(step, {"loss": record["loss"]})
+            if step % config.eval_every == 0 or step == config.steps:
+                if evaluate is not None:
+                    result = evaluate(eqx.combine(params, static))
+                    pending.append({"step": step, **result})
+                    history.append(pending[-1])
+                    bar.message(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in result.items()))
+                    if result["valid_loss"] < best_loss:
+                        best_loss, best_step, bad_evals, best_params = result["valid_loss"], step, 0, params
+                        if run_dir is not None:
+                            checkpoint.save(run_dir / runs.BEST, params, {"step": step, "valid_loss": best_loss})
+                    else:
+                        bad_evals += 1
+                if log is not None:
+                    log.append(pending)
+                pending = []
+                save_checkpoint(step)
+                if config.patience is not None and bad_evals >= config.patience:
+                    stopped_early = True
+                    bar.message(f"early stop at step {step}: no better validation loss in {bad_evals} evaluations "
+                                f"(best {best_loss:.4g} at step {best_step})")
+                    break
+    except KeyboardInterrupt:
+        if run_dir is not None:
+            print(f"\ninterrupted at step {step}; continue with: recurrax train --resume {run_dir}", flush=True)
+        raise
+    finally:
+        bar.close()
+        if run_dir is not None and history:
+            runs.plot_losses(run_dir, history)
+    return FitResult(
+        model=eqx.combine(params, static),
+        best_model=eqx.combine(best_params, static),
+        step=step,
+        best_valid_loss=best_loss,
+        stopped_early=stopped_early,
+        records=history,
+    )
