@@ -26,8 +26,13 @@ class RunDirError(ValueError):
     """A path that is not a usable run directory."""
 
 
+def write_json(path: str | os.PathLike, value: dict) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
-    atomic_write_bytes(Path(run_dir) / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    write_json(Path(run_dir) / CONFIG, config)
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

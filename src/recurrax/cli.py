@@ -1,0 +1,295 @@
+"""The ``recurrax`` command line: train, eval, generate, ngram, gradients.
+
+Every error caused by the user's input (an unknown cell, a missing file, a run directory that is
+not one, ...) prints one clear message and exits with status 2; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .cells import CELLS
+from .data.tasks import TASKS
+
+TASK_CHOICES = ("text",) + tuple(TASKS)
+
+# Defaults that depend on the task: the language-modelling main job, and the synthetic tasks.
+TEXT_DEFAULTS = dict(cell="lstm", hidden=512, layers=1, embed=64, dropout=0.0, steps=1600, batch=32, chunk=100,
+                     lr=3e-3, schedule="cosine", warmup=100, eval_every=400, log_every=50, bptt="truncated")
+TASK_DEFAULTS = dict(cell="lstm", hidden=64, layers=1, embed=None, dropout=0.0, steps=2000, batch=32, chunk=None,
+                     lr=1e-3, schedule="constant", warmup=0, eval_every=200, log_every=100, bptt="full")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    for convert in (int, float):
+        try:
+            return key.replace("-", "_"), convert(value)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), value
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: a character-level LSTM language model on the built-in corpus)",
+        description="Train a recurrent model. With no arguments: a character-level LSTM language model on the "
+        "built-in corpus (CPython's documentation text), compared with n-gram baselines. With --task: a synthetic "
+        "sequence task. Task-dependent defaults are shown as 'text / tasks'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--task", choices=TASK_CHOICES, default="text", help="what to learn: 'text' is language modelling")
+    g.add_argument("--data", metavar="FILE", help="text file for --task text (split 90/5/5); default: built-in corpus")
+    g.add_argument("--level", choices=("char", "word"), default="char", help="token level for --task text")
+    g.add_argument("--min-count", type=_positive(int), default=1, help="word level: rarer words become <unk>")
+    g.add_argument("--length", type=_positive(int), help="sequence length of a synthetic task (task default if unset)")
+    g.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="a task option, e.g. --option delay=50 for copy (repeatable)")
+    g.add_argument("--train-size", type=_positive(int), default=10000, help="synthetic task: training sequences")
+    g.add_argument("--valid-size", type=_positive(int), default=1000, help="synthetic task: validation/test sequences")
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", choices=tuple(CELLS), help="recurrent cell [lstm]")
+    g.add_argument("--hidden", type=_positive(int), help="hidden size per layer [512 / 64]")
+    g.add_argument("--layers", type=_positive(int), help="number of stacked layers [1]")
+    g.add_argument("--embed", type=_positive(int), help="embedding size (token inputs) [64 / hidden]")
+    g.add_argument("--bidirectional", action="store_true", help="deep bidirectional layers (tasks only)")
+    g.add_argument("--dropout", type=float, help="dropout between layers and on embeddings/outputs [0]")
+    g.add_argument("--tie-weights", action="store_true", help="language model: output matrix = embedding")
+    g.add_argument("--scan", choices=("auto", "sequential", "associative", "chunked"), default="auto",
+                   help="how the recurrence runs over a sequence")
+    g = p.add_argument_group("training")
+    g.add_argument("--bptt", choices=("full", "truncated", "curriculum"),
+                   help="backpropagation through time strategy [truncated / full]")
+    g.add_argument("--chunk", type=_positive(int), help="truncated BPTT: steps per chunk (text: window) [100]")
+    g.add_argument("--stride", type=_positive(int), default=1, help="curriculum BPTT: prefix length step")
+    g.add_argument("--steps", type=_positive(int), help="optimiser steps [1600 / 2000]")
+    g.add_argument("--batch", type=_positive(int), help="sequences per batch [32]")
+    g.add_argument("--lr", type=_positive(float), help="learning rate [3e-3 / 1e-3]")
+    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="Optax optimiser")
+    g.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule [cosine / constant]")
+    g.add_argument("--warmup", type=int, help="linear warmup steps [100 / 0]")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
+    g.add_argument("--eval-every", type=_positive(int), help="evaluate and checkpoint every N steps [400 / 200]")
+    g.add_argument("--patience", type=_positive(int), help="stop after N evaluations without improvement")
+    g.add_argument("--log-every", type=_positive(int), help="progress line every N steps when not on a terminal")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation, dropout)")
+    g = p.add_argument_group("run")
+    g.add_argument("--run-dir", type=Path, help="where to save the run [runs/TASK-CELL-TIME]")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run (other options ignored)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group("language model")
+    g.add_argument("--ngram-order", type=int, default=8, help="n-gram baselines up to this order (0: none)")
+    g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
+    g.add_argument("--prompt", default="The ", help="prompt of the final sample")
+    g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Resolved training options: the user's values over the task's defaults."""
+    defaults = TEXT_DEFAULTS if args.task == "text" else TASK_DEFAULTS
+    options = {key: value for key, value in vars(args).items() if key not in ("func", "resume", "run_dir", "quiet", "option")}
+    for key, value in defaults.items():
+        if options.get(key) is None:
+            options[key] = value
+    task_options = dict(args.option)
+    if args.length is not None:
+        task_options["length"] = args.length
+    options["task_options"] = task_options
+    if args.task == "text":
+        if task_options:
+            raise UsageError("--length and --option apply to synthetic tasks; text uses --chunk for its window")
+        if options["bptt"] != "truncated":
+            raise UsageError("a language model trains with truncated BPTT over contiguous text (--bptt truncated)")
+        if args.bidirectional:
+            raise UsageError("a language model predicts the next token and cannot read the future (--bidirectional)")
+    elif args.data is not None:
+        raise UsageError(f"--data is for --task text; task {args.task!r} generates its own data")
+    return options
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .lm.job import train_language_model
+    from .train import run_dir as runs
+    from .train.task_job import train_task
+
+    if args.resume is not None:
+        stored = runs.read_config(args.resume)
+        if "options" not in stored:
+            raise UsageError(f"{args.resume} was not made by `recurrax train`")
+        options, run_dir, resume = stored["options"], args.resume, True
+        if not (run_dir / runs.CHECKPOINT).exists():
+            raise UsageError(f"{run_dir} has no checkpoint to resume from (it stopped before its first evaluation)")
+    else:
+        options = _options(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = args.run_dir or Path("runs") / f"{options['task']}-{options['cell']}-{stamp}"
+        if (run_dir / runs.CONFIG).exists():
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
+        resume = False
+    print(f"run directory: {run_dir}", flush=True)
+    job = train_language_model if options["task"] == "text" else train_task
+    job(options, Path(run_dir), resume=resume, progress=not args.quiet)
+
+
+def _load_run(run_dir: Path):
+    from .lm.job import VOCABULARY, build_model
+    from .lm.text import Vocabulary
+    from .train import checkpoint, run_dir as runs
+
+    config = runs.read_config(run_dir)
+    if config.get("task") != "text":
+        raise UsageError(f"{run_dir} is a {config.get('task')!r} run, not a language model")
+    vocab = Vocabulary.load(run_dir / VOCABULARY)
+    skeleton = build_model(config["options"], len(vocab))
+    import equinox as eqx
+
+    params, static = eqx.partition(skeleton, eqx.is_inexact_array)
+    path = run_dir / runs.BEST if (run_dir / runs.BEST).exists() else run_dir / runs.CHECKPOINT
+    if path.name == runs.BEST:
+        params, _ = checkpoint.load(path, params)
+    else:
+        raise UsageError(f"{run_dir} has no trained model yet (no {runs.BEST})")
+    return eqx.combine(params, static), vocab, config
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from .lm.job import sample_text
+
+    model, vocab, _ = _load_run(args.run_dir)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    sample_text(model, vocab, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed, stream=stream)
+    sys.stdout.write("\n")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .data.corpus import read_text
+    from .lm.batches import evaluate_text
+
+    model, vocab, _ = _load_run(args.run_dir)
+    ids = vocab.encode(read_text(args.data))
+    if len(ids) < 2:
+        raise UsageError(f"{args.data} has fewer than two tokens")
+    result = evaluate_text(model, ids)
+    unit = "character" if vocab.level == "char" else "word"
+    print(f"{args.data}: {len(ids):,} {unit}s, {result['bits_per_token']:.4f} bits/{unit}, "
+          f"perplexity {result['perplexity']:.3f}")
+
+
+def _cmd_ngram(args: argparse.Namespace) -> None:
+    from .lm.job import load_text_data
+    from .lm.ngram import format_table, ngram_report
+
+    data = load_text_data(args.data, level=args.level, min_count=args.min_count)
+    rows = ngram_report(data.ids["train"], data.ids[args.split], len(data.vocab), args.order)
+    unit = "character" if args.level == "char" else "word"
+    print(f"{data.corpus.name}: n-gram models on the {args.split} split ({len(data.ids[args.split]):,} {unit}s), "
+          f"trained on {len(data.ids['train']):,}; bits_per_token = bits per {unit}")
+    print(format_table(rows))
+
+
+def _cmd_gradients(args: argparse.Namespace) -> None:
+    from .diagnostics.gradient_flow import format_table, gradient_flow, write_report
+
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown or not cells:
+        raise UsageError(f"unknown cell(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(CELLS)}")
+    curves = gradient_flow(cells, args.length, hidden_size=args.hidden, input_size=args.input, seeds=args.seeds,
+                           batch=args.batch)
+    paths = write_report(curves, args.out)
+    print(format_table(curves))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recurrax", description="Recurrent sequence models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+    sub.choices["train"].set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="generate text from a trained language model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--prompt", default="The ", help="text the model is primed with")
+    p.add_argument("--length", type=int, default=400, help="tokens to generate")
+    p.add_argument("--temperature", type=_positive(float), default=0.8)
+    p.add_argument("--top-k", type=_positive(int), help="sample among the k most probable tokens")
+    p.add_argument("--top-p", type=_positive(float), help="nucleus sampling: smallest set with probability >= p")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("eval", help="bits per token of a trained language model on a text file")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", type=Path, required=True, metavar="FILE")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("ngram", help="n-gram language models: perplexity for each order and smoothing",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--order", type=_positive(int), default=5, help="largest n")
+    p.add_argument("--data", metavar="FILE", help="text file (split 90/5/5); default: built-in corpus")
+    p.add_argument("--level", choices=("char", "word"), default="char")
+    p.add_argument("--min-count", type=_positive(int), default=1, help="word level: rarer words become <unk>")
+    p.add_argument("--split", choices=("valid", "test"), default="valid", help="held-out split to score")
+    p.set_defaults(func=_cmd_ngram)
+
+    p = sub.add_parser("gradients", help="gradient flow through time: ||dL_T/dh_t|| for several cells",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cells", default="elman,lstm,gru,mgu", help="comma-separated cells")
+    p.add_argument("--length", type=_positive(int), default=200)
+    p.add_argument("--hidden", type=_positive(int), default=64)
+    p.add_argument("--input", type=_positive(int), default=8, help="input size")
+    p.add_argument("--seeds", type=_positive(int), default=5, help="initialisations averaged over")
+    p.add_argument("--batch", type=_positive(int), default=16, help="random input sequences per seed")
+    p.add_argument("--out", type=Path, default=Path("runs/gradients"), help="directory for the CSV and PNG")
+    p.set_defaults(func=_cmd_gradients)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.corpus import CorpusError
+    from .lm.text import UnknownTokenError
+    from .train.checkpoint import CheckpointError
+    from .train.run_dir import RunDirError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (UsageError, CorpusError, RunDirError, CheckpointError, UnknownTokenError, FileNotFoundError,
+            ValueError, TypeError) as error:
+        print(f"recurrax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

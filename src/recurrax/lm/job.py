@@ -1,0 +1,167 @@
+"""The language-modelling job: corpus → vocabulary → n-gram baselines → RNN LM → bits per token → sample.
+
+Used by ``recurrax train`` (task ``text``), ``recurrax eval`` and ``recurrax generate``; every
+function takes plain options so the job also runs from Python.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from ..data.corpus import Corpus, builtin_corpus, load_text_file
+from ..train import checkpoint, run_dir as runs
+from ..train.trainer import TrainConfig, fit
+from .batches import ContiguousBatches, evaluate_text
+from .generate import generate
+from .model import LanguageModel
+from .ngram import SMOOTHINGS, best_row, ngram_report
+from .text import Vocabulary, build_vocabulary
+
+VOCABULARY = "vocabulary.json"
+RESULTS = "results.json"
+
+
+@dataclass
+class TextData:
+    """A corpus cut into splits, its vocabulary, and each split as token ids."""
+
+    corpus: Corpus
+    vocab: Vocabulary
+    ids: dict[str, np.ndarray]
+
+
+def load_text_data(data: str | None = None, *, level: str = "char", min_count: int = 1,
+                   vocab: Vocabulary | None = None) -> TextData:
+    """The built-in corpus (``data=None``) or a user's text file, split 90/5/5, and its ids.
+
+    Character level: the vocabulary is every character of the corpus (a closed vocabulary, so
+    held-out text has no unknown characters). Word level: words of the training split seen at
+    least ``min_count`` times; the rest become ``<unk>``.
+    """
+    corpus = builtin_corpus() if data is None else load_text_file(data)
+    if vocab is None:
+        source = corpus.train + corpus.valid + corpus.test if level == "char" else corpus.train
+        vocab = build_vocabulary(source, level, min_count)
+    ids = {split: vocab.encode(getattr(corpus, split)) for split in ("train", "valid", "test")}
+    return TextData(corpus, vocab, ids)
+
+
+def ngram_baselines(data: TextData, max_order: int, split: str = "test") -> list[dict[str, Any]]:
+    """Perplexity and bits per token on ``split`` for n-gram orders 1..max_order and every smoothing."""
+    return ngram_report(data.ids["train"], data.ids[split], len(data.vocab), max_order, SMOOTHINGS)
+
+
+def build_model(options: dict, vocab_size: int) -> LanguageModel:
+    """The RNN language model described by the run options (``cell``, ``hidden``, ``layers``, ...)."""
+    return LanguageModel(
+        options["cell"], vocab_size, options["hidden"], embed_size=options["embed"], num_layers=options["layers"],
+        dropout=options["dropout"], tie_weights=options["tie_weights"], scan=options["scan"],
+        key=jax.random.key(options["seed"]),
+    )
+
+
+def train_config(options: dict) -> TrainConfig:
+    """Truncated BPTT over contiguous windows of ``chunk`` tokens (the state carried between batches)."""
+    return TrainConfig(
+        steps=options["steps"], batch_size=options["batch"], learning_rate=options["lr"],
+        optimizer=options["optimizer"], schedule=options["schedule"], warmup=options["warmup"],
+        clip=options["clip"] or None, weight_decay=options["weight_decay"], bptt="full", reduce="mean",
+        eval_every=options["eval_every"], patience=options["patience"], log_every=options["log_every"],
+        seed=options["seed"],
+    )
+
+
+def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, progress: bool = True,
+                         out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) an RNN LM on the options' corpus, compare with n-grams, save, and sample.
+
+    Returns the results written to ``RUN_DIR/results.json``.
+    """
+    started = time.perf_counter()
+    vocab = Vocabulary.load(run_dir / VOCABULARY) if resume else None
+    data = load_text_data(options["data"], level=options["level"], min_count=options["min_count"], vocab=vocab)
+    unit = "character" if data.vocab.level == "char" else "word"
+    out(f"corpus {data.corpus.name}: {', '.join(f'{k} {len(v):,}' for k, v in data.ids.items())} {unit}s, "
+        f"vocabulary {len(data.vocab)}")
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data.vocab.save(run_dir / VOCABULARY)
+
+    baselines = []
+    if options["ngram_order"]:
+        t0 = time.perf_counter()
+        for split in ("valid", "test"):
+            for row in ngram_baselines(data, options["ngram_order"], split):
+                baselines.append({"split": split, **row})
+        best = {s: best_row([r for r in baselines if r["split"] == s]) for s in ("valid", "test")}
+        out(f"n-gram baselines (orders 1..{options['ngram_order']}, {time.perf_counter() - t0:.1f}s): best on test "
+            f"{best['test']['order']}-gram {best['test']['smoothing']} {best['test']['bits_per_token']:.4f} bits/{unit}")
+
+    config = train_config(options)
+    model = build_model(options, len(data.vocab))
+    source = ContiguousBatches(data.ids["train"], config.batch_size, options["chunk"], config.seed)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(model))
+    out(f"model: {options['cell']} x{options['layers']}, hidden {options['hidden']}, {n_params:,} parameters; "
+        f"{config.steps} steps of {config.batch_size}x{options['chunk']} {unit}s")
+    first_step = checkpoint.read_metadata(run_dir / runs.CHECKPOINT)["step"] if resume else 0
+    t_train = time.perf_counter()
+    result = fit(
+        model, source, objective="per-step-xent", config=config,
+        evaluate=lambda m: evaluate_text(m, data.ids["valid"]), run_dir=run_dir, resume=resume,
+        run_config={"task": "text", "options": options}, progress=progress,
+    )
+    train_seconds = time.perf_counter() - t_train
+    best_model = result.best_model
+    valid = evaluate_text(best_model, data.ids["valid"])
+    test = evaluate_text(best_model, data.ids["test"])
+    tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
+    results = {
+        "valid_bits": valid["bits_per_token"], "test_bits": test["bits_per_token"],
+        "valid_perplexity": valid["perplexity"], "test_perplexity": test["perplexity"],
+        "unit": unit, "steps": result.step, "stopped_early": result.stopped_early,
+        "train_seconds": train_seconds, "tokens_per_second": tokens_trained / train_seconds,
+        "total_seconds": time.perf_counter() - started, "ngram": baselines,
+    }
+    _report(results, baselines, unit, out)
+    runs.write_json(run_dir / RESULTS, results)
+    if options["sample_length"]:
+        out("\nsample:")
+        text = sample_text(best_model, data.vocab, options["prompt"], options["sample_length"],
+                           temperature=options["temperature"], seed=options["seed"])
+        out(text)
+    return results
+
+
+def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str], None]) -> None:
+    out(f"\nRNN LM: valid {results['valid_bits']:.4f}, test {results['test_bits']:.4f} bits/{unit} "
+        f"({results['tokens_per_second']:,.0f} {unit}s/s in training)")
+    for split in ("valid", "test"):
+        rows = [r for r in baselines if r["split"] == split]
+        if rows:
+            best = best_row(rows)
+            out(f"best n-gram on {split}: {best['order']}-gram {best['smoothing']} {best['bits_per_token']:.4f} bits/{unit}")
+
+
+def sample_text(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, *, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                stream: Callable[[str], None] | None = None) -> str:
+    """The prompt followed by ``length`` sampled tokens, decoded.
+
+    ``stream`` gets the prompt, then each new piece as soon as it is sampled.
+    """
+    prompt_ids = vocab.encode(prompt, eos=False)
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one character or word")
+    sep = "" if vocab.level == "char" else " "
+    if stream is not None:
+        stream(prompt)
+    on_token = None if stream is None else (lambda i: stream(sep + vocab.decode([i])))
+    ids = generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                   on_token=on_token)
+    return prompt + sep + vocab.decode(ids) if sep else prompt + vocab.decode(ids)
