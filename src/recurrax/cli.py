@@ -102,7 +102,7 @@ def _train_parser(sub) -> None:
     g = p.add_argument_group("language model")
     g.add_argument("--ngram-order", type=int, default=8, help="n-gram baselines up to this order (0: none)")
     g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
-    g.add_argument("--prompt", default="The ", help="prompt of the final sample")
+    g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
 
 

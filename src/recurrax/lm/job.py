@@ -89,6 +89,14 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     unit = "character" if data.vocab.level == "char" else "word"
     out(f"corpus {data.corpus.name}: {', '.join(f'{k} {len(v):,}' for k, v in data.ids.items())} {unit}s, "
         f"vocabulary {len(data.vocab)}")
+    prompt = options["prompt"]
+    if prompt is None:  # "The " where the vocabulary has it, else the start of the validation text
+        prompt = "The " if all(t in data.vocab for t in "The ") or data.vocab.level == "word" else data.corpus.valid[:1]
+    data.vocab.encode(prompt, eos=False)  # an unknown character in the prompt fails now, not after training
+
+    config = train_config(options)
+    model = build_model(options, len(data.vocab))
+    source = ContiguousBatches(data.ids["train"], config.batch_size, options["chunk"], config.seed)
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         data.vocab.save(run_dir / VOCABULARY)
@@ -103,9 +111,6 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
         out(f"n-gram baselines (orders 1..{options['ngram_order']}, {time.perf_counter() - t0:.1f}s): best on test "
             f"{best['test']['order']}-gram {best['test']['smoothing']} {best['test']['bits_per_token']:.4f} bits/{unit}")
 
-    config = train_config(options)
-    model = build_model(options, len(data.vocab))
-    source = ContiguousBatches(data.ids["train"], config.batch_size, options["chunk"], config.seed)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(model))
     out(f"model: {options['cell']} x{options['layers']}, hidden {options['hidden']}, {n_params:,} parameters; "
         f"{config.steps} steps of {config.batch_size}x{options['chunk']} {unit}s")
@@ -132,7 +137,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     runs.write_json(run_dir / RESULTS, results)
     if options["sample_length"]:
         out("\nsample:")
-        text = sample_text(best_model, data.vocab, options["prompt"], options["sample_length"],
+        text = sample_text(best_model, data.vocab, prompt, options["sample_length"],
                            temperature=options["temperature"], seed=options["seed"])
         out(text)
     return results

@@ -1,0 +1,108 @@
+"""The command line end to end on tiny settings, and its bad-input handling (exit status 2)."""
+
+import json
+
+import pytest
+
+from recurrax.cli import main
+
+TINY_LM = ["--hidden", "8", "--embed", "8", "--steps", "4", "--batch", "4", "--chunk", "16", "--eval-every", "2",
+           "--warmup", "1", "--ngram-order", "2", "--sample-length", "5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    text = base / "corpus.txt"
+    text.write_text("the cat sat on the mat.\nthe dog sat on the log.\n" * 40)
+    run = base / "run"
+    assert main(["train", "--data", str(text), "--run-dir", str(run)] + TINY_LM) == 0
+    return base, text, run
+
+
+def test_train_writes_a_complete_run(lm_run, capsys):
+    _, _, run = lm_run
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.eqx", "best.eqx", "loss.png", "results.json",
+            "vocabulary.json"} <= names
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 4 and results["test_bits"] > 0
+    assert {r["smoothing"] for r in results["ngram"]} == {"mle", "add-k", "kneser-ney"}
+
+
+def test_generate_and_eval(lm_run, capsys):
+    base, text, run = lm_run
+    assert main(["generate", str(run), "--prompt", "the ", "--length", "12", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the ") and len(out.rstrip("\n")) == len("the ") + 12
+    assert main(["eval", str(run), "--data", str(text)]) == 0
+    assert "bits/character" in capsys.readouterr().out
+
+
+def test_resume_continues_a_run(lm_run, tmp_path):
+    _, text, run = lm_run
+    assert main(["train", "--resume", str(run)]) == 0  # already finished: resumes at its last step, nothing to do
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/no/such/file.txt"], "not found"),
+        (["train", "--resume", "/tmp"], "not a run directory"),
+        (["generate", "/tmp"], "not a run directory"),
+        (["train", "--task", "text", "--bidirectional"], "cannot read the future"),
+        (["train", "--task", "adding", "--option", "colour=3"], "has no option 'colour'"),
+        (["train", "--task", "adding", "--data", "x.txt"], "--data is for --task text"),
+        (["gradients", "--cells", "elman,transformer"], "unknown cell"),
+    ],
+)
+def test_bad_input_is_one_clear_message_and_status_2(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"abc\x00def" * 20, "NUL"), (b"\xff\xfe\xfa" * 30, "UTF-8")])
+def test_bad_text_files(tmp_path, content, message, capsys):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    assert main(["train", "--data", str(path), "--run-dir", str(tmp_path / "r")] + TINY_LM) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_unknown_choices_exit_2(capsys):
+    for args in (["train", "--cell", "transformer"], ["train", "--task", "chess"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_and_prompt_must_be_in_vocabulary(lm_run, capsys):
+    _, text, run = lm_run
+    before = (run / "checkpoint.eqx").read_bytes()
+    assert main(["train", "--data", str(text), "--run-dir", str(run)] + TINY_LM) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "checkpoint.eqx").read_bytes() == before
+    assert main(["generate", str(run), "--prompt", "Zebra€"]) == 2
+    assert "not in the vocabulary" in capsys.readouterr().err
+
+
+def test_corpus_too_small_for_the_context(tmp_path, capsys):
+    path = tmp_path / "small.txt"
+    path.write_text("a b c d e f g h i j k l m n o p\n" * 20)
+    assert main(["train", "--data", str(path), "--run-dir", str(tmp_path / "r")] + TINY_LM + ["--chunk", "128"]) == 2
+    assert "too few" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_task_training_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "adding"
+    args = ["train", "--task", "adding", "--length", "12", "--hidden", "8", "--steps", "6", "--eval-every", "3",
+            "--train-size", "64", "--valid-size", "32", "--bptt", "truncated", "--chunk", "5", "--run-dir", str(run),
+            "--quiet"]
+    assert main(args) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"] == "adding" and results["steps"] == 6 and results["baseline_metric"] == pytest.approx(1 / 6)

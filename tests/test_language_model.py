@@ -1,0 +1,85 @@
+"""RNN language model: batches, evaluation with a carried state, weight tying, sampling filters, generation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recurrax.lm.batches import ContiguousBatches, evaluate_text
+from recurrax.lm.generate import filter_logits, generate
+from recurrax.lm.model import LanguageModel
+
+V = 11
+
+
+def lm(**kw):
+    return LanguageModel("gru", V, 8, embed_size=8, key=jax.random.key(0), **kw)
+
+
+def test_contiguous_batches_continue_each_stream():
+    ids = np.arange(1000) % 97
+    source = ContiguousBatches(ids, batch_size=4, window=10, seed=3)
+    a, b = source.batch(2, 0), source.batch(2, 1)
+    np.testing.assert_array_equal(a["targets"][:, :-1], a["inputs"][:, 1:])
+    np.testing.assert_array_equal(b["inputs"][:, 0], a["targets"][:, -1])  # the next window continues the stream
+    stream = source.inputs[1]
+    np.testing.assert_array_equal(stream, ids[source.stream_length : 2 * source.stream_length])
+    with pytest.raises(ValueError, match="too few"):
+        ContiguousBatches(ids[:50], batch_size=4, window=10)
+
+
+def test_evaluation_carries_the_state_across_windows():
+    model = lm()
+    ids = np.random.default_rng(0).integers(0, V, 57)
+    logits = model(jnp.asarray(ids[:-1]))  # the whole text in one pass
+    nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), ids[1:, None], 1).mean()
+    result = evaluate_text(model, ids, window=10)
+    np.testing.assert_allclose(result["valid_loss"], nll, rtol=1e-5)
+    np.testing.assert_allclose(result["bits_per_token"], nll / math.log(2), rtol=1e-5)
+
+
+def test_tied_weights_use_the_embedding_as_output_matrix():
+    model = lm(tie_weights=True)
+    assert model.output_weight is None
+    tokens = jnp.array([1, 2, 3])
+    hs = model.stack(model.embedding[tokens])
+    np.testing.assert_allclose(model(tokens), hs @ model.embedding.T + model.output_bias, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tie_weights needs embed_size"):
+        LanguageModel("gru", V, 8, embed_size=4, tie_weights=True, key=jax.random.key(0))
+
+
+def test_filters_against_their_definitions():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=20)
+    top3 = np.asarray(filter_logits(jnp.asarray(logits), top_k=3))
+    assert np.isfinite(top3).sum() == 3 and set(np.flatnonzero(np.isfinite(top3))) == set(np.argsort(logits)[-3:])
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    needed = np.searchsorted(np.cumsum(p[order]), 0.8) + 1  # smallest prefix with mass >= 0.8
+    nucleus = np.asarray(filter_logits(jnp.asarray(logits), top_p=0.8))
+    assert set(np.flatnonzero(np.isfinite(nucleus))) == set(order[:needed])
+    np.testing.assert_allclose(filter_logits(jnp.asarray(logits), temperature=0.5), logits / 0.5, rtol=1e-6)
+    for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            filter_logits(jnp.asarray(logits), **bad)
+
+
+def test_greedy_generation_follows_the_full_sequence_model():
+    model = lm()
+    prompt = [1, 4, 2]
+    streamed = []
+    out = generate(model, prompt, 6, top_k=1, on_token=streamed.append)
+    assert streamed == out
+    logits = np.asarray(model(jnp.asarray(prompt + out[:-1])))
+    np.testing.assert_array_equal(np.argmax(logits[len(prompt) - 1 :], -1), out)
+
+
+def test_sampling_is_reproducible_from_a_seed():
+    model = lm()
+    a = generate(model, [1], 20, seed=5)
+    assert a == generate(model, [1], 20, seed=5)
+    assert a != generate(model, [1], 20, seed=6)
+    assert all(0 <= t < V for t in a)
