@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from . import _checks
 from .cells import AssociativeCell, Cell, get_cell_class
 from .cells.activations import get_activation
+from .cells.base import uniform_init
 from .scan import SCAN_MODES, check_mode, scan as run_scan
 
 ScanChoice = Literal["auto", "sequential", "associative", "chunked"]
@@ -276,9 +277,8 @@ class Head(eqx.Module):
         get_activation(activation)
         fan_in = in_features + input_size
         k1, k2 = jax.random.split(key)
-        s = 1.0 / fan_in**0.5
-        self.weight = jax.random.uniform(k1, (out_features, fan_in), minval=-s, maxval=s)
-        self.bias = jax.random.uniform(k2, (out_features,), minval=-s, maxval=s)
+        self.weight = uniform_init(k1, (out_features, fan_in), 1.0 / fan_in**0.5)
+        self.bias = uniform_init(k2, (out_features,), 1.0 / fan_in**0.5)
         self.input_size = int(input_size)
         self.activation = activation
 
