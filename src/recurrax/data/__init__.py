@@ -1,1 +1,1 @@
-"""Text corpora for language modelling."""
+"""Data: text corpora for language modelling and generated sequence tasks."""

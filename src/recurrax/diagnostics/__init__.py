@@ -1,0 +1,1 @@
+"""Diagnostics of recurrent models: gradient flow through time."""
