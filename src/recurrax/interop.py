@@ -347,6 +347,12 @@ class TorchStyle(eqx.Module):
         if unbatched:
             x = x[None]
             if hx is not None:
+                for h in jax.tree_util.tree_leaves(hx):
+                    if jnp.ndim(h) != 2:
+                        raise ValueError(
+                            "with an unbatched input (T, F), hx must have shape (num_layers * num_directions, "
+                            f"hidden_size), got {tuple(jnp.shape(h))}"
+                        )
                 hx = jax.tree_util.tree_map(lambda h: jnp.asarray(h)[:, None], hx)
         elif x.ndim != 3:
             layout = "(B, T, F)" if self.batch_first else "(T, B, F)"
