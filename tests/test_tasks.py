@@ -8,7 +8,7 @@ from recurrax.data.tasks import SPLITS, TASKS, SequenceData, Task, get_task
 SMALL = {"adding": {"length": 12}, "copy": {"n_symbols": 3, "alphabet": 5, "delay": 4}, "moving-ball": {"length": 9}}
 
 
-@pytest.fixture(params=sorted(TASKS))
+@pytest.fixture(params=sorted(SMALL))
 def task(request) -> Task:
     return get_task(request.param, **SMALL[request.param])
 

@@ -228,6 +228,32 @@ def _cmd_gradients(args: argparse.Namespace) -> None:
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import Budget, compare, format_forecasts, format_table, forecast_rows
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise UsageError(f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(TASKS)}")
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown or not cells:
+        raise UsageError(f"unknown cell(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(CELLS)}")
+    options: dict[str, dict] = {}
+    for task, key, value in args.option:
+        options.setdefault(task, {})[key] = value
+    budget = Budget(steps=args.steps, batch=args.batch, hidden=args.hidden, learning_rate=args.lr,
+                    train_size=args.train_size, valid_size=args.valid_size, beam_width=args.beam)
+    rows = compare(tasks, cells, budget=budget, seeds=args.seeds, task_options=options, out=args.out,
+                   log=None if args.quiet else lambda line: print(line, flush=True))
+    print(format_table(rows))
+    forecasts = forecast_rows(rows)
+    if forecasts:
+        print("\nforecasting, test split in original units (baselines beside the models):")
+        print(format_forecasts(forecasts))
+    print(f"written: {args.out / 'comparison.csv'}, {args.out / 'comparison.png'}, {args.out / 'comparison.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recurrax", description="Recurrent sequence models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -269,6 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive(int), default=16, help="random input sequences per seed")
     p.add_argument("--out", type=Path, default=Path("runs/gradients"), help="directory for the CSV and PNG")
     p.set_defaults(func=_cmd_gradients)
+
+    from .compare import DEFAULT_CELLS, DEFAULT_TASKS, parse_task_option
+
+    p = sub.add_parser("compare", help="train every cell on every task with one budget; table, CSV and plot",
+                       description="Train every (task, cell) pair with the same budget, hidden size and seeds; print "
+                       "a table (metric, baseline, parameters, wall time) and write it as CSV, Markdown and a plot, "
+                       "with a plot of each pair's test predictions. Forecasting tasks report MAE/RMSE/MASE beside "
+                       "naive, seasonal-naive and linear AR baselines; 'numbers' trains an encoder-decoder and "
+                       "reports greedy and beam-search exact match.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated tasks from: {', '.join(TASKS)}")
+    p.add_argument("--cells", default=",".join(DEFAULT_CELLS), help=f"comma-separated cells from: {', '.join(CELLS)}")
+    p.add_argument("--steps", type=_positive(int), default=500, help="optimiser steps per run (the budget)")
+    p.add_argument("--seeds", type=_positive(int), default=1, help="runs per pair, seeds 0..N-1")
+    p.add_argument("--hidden", type=_positive(int), default=64, help="hidden size of every cell")
+    p.add_argument("--batch", type=_positive(int), default=32, help="sequences per batch")
+    p.add_argument("--lr", type=_positive(float), default=3e-3, help="peak learning rate (Adam, cosine schedule)")
+    p.add_argument("--train-size", type=_positive(int), default=5000, help="training sequences of generated tasks")
+    p.add_argument("--valid-size", type=_positive(int), default=500, help="validation/test sequences of generated tasks")
+    p.add_argument("--beam", type=_positive(int), default=4, help="beam width for the translation task")
+    p.add_argument("--option", action="append", type=parse_task_option, default=[], metavar="TASK.KEY=VALUE",
+                   help="a task option, e.g. --option adding.length=50 (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="directory for the table, CSV and plots")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

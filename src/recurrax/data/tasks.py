@@ -341,3 +341,8 @@ def get_task(name: str, **options: Any) -> Task:
         if key not in valid:
             raise ValueError(f"task {name!r} has no option {key!r}; its options are: {', '.join(valid)}")
     return builder(**options)
+
+
+# Tasks defined in their own modules register themselves in TASKS when imported (they import this
+# module, so the import comes last): navigation, real-data forecasting and digits, number words.
+from . import navigation, series, digits, translation  # noqa: E402,F401,I001
