@@ -54,5 +54,7 @@ def test_linear_recurrence_decay_in_unit_interval():
 
 
 def test_cells_are_registered_by_name():
-    assert set(recurrax.CELLS) == {"linear", "elman", "forget-elman", "mgu", "gru", "lstm"}
+    classic = {"linear", "elman", "forget-elman", "mgu", "gru", "lstm"}
+    linear = {"lru", "mingru", "minlstm", "s6", "rglru", "ffm", "linear-attention", "gated-deltanet"}
+    assert set(recurrax.CELLS) == classic | linear
     assert recurrax.get_cell_class("LSTM") is recurrax.LSTM

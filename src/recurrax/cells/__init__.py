@@ -2,10 +2,17 @@
 
 from .base import AssociativeCell, Cell
 from .elman import Elman, ForgetElman
+from .ffm import FFM
+from .gated_deltanet import GatedDeltaNet
 from .gru import GRU
 from .linear import LinearRecurrence
+from .linear_attention import LinearAttention
+from .lru import LRU
 from .lstm import LSTM
 from .mgu import MGU
+from .minrnn import MinGRU, MinLSTM
+from .rglru import RGLRU
+from .s6 import S6
 
 CELLS: dict[str, type[Cell]] = {
     "linear": LinearRecurrence,
@@ -14,6 +21,14 @@ CELLS: dict[str, type[Cell]] = {
     "mgu": MGU,
     "gru": GRU,
     "lstm": LSTM,
+    "lru": LRU,
+    "mingru": MinGRU,
+    "minlstm": MinLSTM,
+    "s6": S6,
+    "rglru": RGLRU,
+    "ffm": FFM,
+    "linear-attention": LinearAttention,
+    "gated-deltanet": GatedDeltaNet,
 }
 
 
@@ -35,5 +50,13 @@ __all__ = [
     "LSTM",
     "LinearRecurrence",
     "MGU",
+    "LRU",
+    "MinGRU",
+    "MinLSTM",
+    "S6",
+    "RGLRU",
+    "FFM",
+    "LinearAttention",
+    "GatedDeltaNet",
     "get_cell_class",
 ]
