@@ -46,6 +46,21 @@ def test_wrong_state(layer):
     lstm = recurrax.Recurrent(recurrax.LSTM(X, H, key=KEY))
     with pytest.raises(ValueError, match="state has structure"):
         lstm(jnp.ones((7, X)), jnp.zeros(H))
+    with pytest.raises(TypeError, match="state has a leaf of dtype int32"):
+        layer(jnp.ones((7, X)), jnp.zeros(H, jnp.int32))
+    with pytest.raises(TypeError, match="complex leaf"):
+        layer(jnp.ones((7, X)), jnp.zeros(H, jnp.complex64))
+
+
+def test_real_initial_state_of_a_complex_state_cell_is_cast():
+    """The LRU's state is complex; a real initial state means the same complex numbers."""
+    lru = recurrax.Recurrent(recurrax.LRU(X, H, key=KEY), scan="sequential")
+    h0 = np.linspace(-1.0, 1.0, lru.cell.init_state().shape[0]).astype(np.float32)
+    xs = jnp.ones((5, X))
+    ys, final = lru(xs, h0, return_state=True)
+    want, want_final = lru(xs, h0.astype(np.complex64), return_state=True)
+    np.testing.assert_allclose(ys, want)
+    assert final.dtype == want_final.dtype == lru.cell.init_state().dtype
 
 
 @pytest.mark.parametrize("sizes", [(0, 4), (3, -1), (3, 2.5), (True, 4)])

@@ -463,7 +463,9 @@ def _batched(layer, batch, mask):
 def test_bidirectional_stack_under_vmap(name):
     """make_stack(name, bidirectional=True) (associative scans both ways) over a padded batch
     with jax.vmap, against the NumPy recurrences."""
-    net = recurrax.make_stack(name, X, H, bidirectional=True, key=jax.random.key(0), **SMALL.get(name, {}))
+    net = recurrax.make_stack(
+        name, X, H, bidirectional=True, scan="associative", key=jax.random.key(0), **SMALL.get(name, {})
+    )
     layer = net.layers[0]
     assert layer.forward.scan == layer.backward.scan == "associative"
     batch = jax.random.normal(jax.random.key(1), (2, 5, X))

@@ -62,15 +62,25 @@ def step_flags(name: str, flags: Any, length: int) -> jax.Array | None:
     return flags.astype(jnp.bool_)
 
 
-def same_structure(name: str, value: Any, reference: Any) -> None:
-    """Check that a state pytree has the structure and leaf shapes of ``reference``."""
+def state_like(name: str, value: Any, reference: Any) -> Any:
+    """Check that a state pytree has the structure and leaf shapes of ``reference``; return it with
+    each leaf in the dtype of ``reference``'s (a real state given to a complex-state cell becomes
+    complex). Integer or boolean leaves are an error."""
     ref_def = jax.tree_util.tree_structure(reference)
     val_def = jax.tree_util.tree_structure(value)
     if ref_def != val_def:
         raise ValueError(f"{name} has structure {val_def}, expected {ref_def}")
+    leaves = []
     for got, want in zip(jax.tree_util.tree_leaves(value), jax.tree_util.tree_leaves(reference)):
         if jnp.shape(got) != jnp.shape(want):
             raise ValueError(
                 f"{name} has a leaf of shape {tuple(jnp.shape(got))}, expected {tuple(jnp.shape(want))} "
                 "(a batch of states? map over it with jax.vmap)"
             )
+        dtype = jnp.result_type(got)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(f"{name} has a leaf of dtype {dtype}; states are floating point ({jnp.result_type(want)})")
+        if jnp.issubdtype(dtype, jnp.complexfloating) and not jnp.issubdtype(jnp.result_type(want), jnp.complexfloating):
+            raise TypeError(f"{name} has a complex leaf ({dtype}) where the cell's state is real ({jnp.result_type(want)})")
+        leaves.append(jnp.asarray(got, jnp.result_type(want)))
+    return jax.tree_util.tree_unflatten(ref_def, leaves)

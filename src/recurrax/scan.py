@@ -11,7 +11,19 @@ One entry point, :func:`scan`, with three ways of running the same cell:
 
 ``chunk_size`` with ``"sequential"`` cuts the loop the same way: the backward pass then stores
 only the states at chunk boundaries and recomputes each chunk (rematerialisation), so training
-memory grows like T / chunk_size + chunk_size instead of T.
+memory grows like T / chunk_size + chunk_size instead of T (plus the inputs and outputs
+themselves). The chunks' inputs are sliced inside the rematerialised loop body and projected
+there, so nothing of size T x (gates) is kept. By default (``chunk_size=None``) sequential scans
+of more than ``AUTO_CHUNK_LENGTH`` = 8192 steps are rematerialised in chunks of about 256 steps (a
+divisor of T near 256 when there is one, so that no shorter chunk is left over): at such lengths
+this costs little time or none (a chunk's activations stay in cache) and keeps memory bounded;
+``chunk_size >= T`` turns it off.
+
+The classic cells (LSTM, GRU, Elman, ForgetElman, MGU, LinearRecurrence) run ``"sequential"`` on
+a fused path (:mod:`recurrax.fused`): the same values, a hand-written backward pass whose loop
+carries only the state gradients, and weight gradients from one matrix product over all steps.
+``fused=False`` runs the plain ``jax.lax.scan`` of ``cell.step`` instead (needed for forward-mode
+or higher-order derivatives).
 
 Both accept
 
@@ -28,7 +40,8 @@ Both accept
   forward time order.
 
 The state-independent part of each step (``cell.project``) is mapped over all steps at once
-before the loop, which XLA turns into one matrix product.
+before the loop, which XLA turns into one matrix product (the fused path computes it step by step
+inside its loop instead, and its gradient as one product over all steps).
 """
 
 from __future__ import annotations
@@ -39,11 +52,23 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from . import fused as _fused
 from .cells.base import AssociativeCell, Cell
 
 ScanMode = Literal["sequential", "associative", "chunked"]
 SCAN_MODES = ("sequential", "associative", "chunked")
 DEFAULT_CHUNK_SIZE = 256
+AUTO_CHUNK_LENGTH = 8192
+
+
+def auto_chunk_size(length: int) -> int:
+    """The chunk size used by default for a long sequential scan: a divisor of ``length`` as close
+    to 256 as possible within [128, 512] (no shorter chunk left over), else 256."""
+    for delta in range(0, 257):
+        for size in (DEFAULT_CHUNK_SIZE - delta, DEFAULT_CHUNK_SIZE + delta):
+            if 128 <= size <= 512 and length % size == 0:
+                return size
+    return DEFAULT_CHUNK_SIZE
 
 
 def _where(cond: jax.Array, a: Any, b: Any) -> Any:
@@ -92,12 +117,18 @@ def scan(
     mode: ScanMode = "sequential",
     chunk_size: int | None = None,
     unroll: int = 1,
+    fused: bool | None = None,
 ) -> tuple[jax.Array, Any]:
     """Run ``cell`` over one sequence ``xs`` of shape (T, input_size).
 
     Returns ``(ys, final_state)`` with ``ys`` of shape (T, cell.output_size). See the module
     docstring for ``starts``, ``mask``, ``reverse``, the modes and ``chunk_size`` (``"chunked"``
-    uses 256 when it is not given). ``unroll`` is passed to ``jax.lax.scan`` in sequential mode.
+    uses 256 when it is not given; ``"sequential"`` chunks sequences longer than
+    ``AUTO_CHUNK_LENGTH`` steps). ``unroll`` is passed to ``jax.lax.scan`` in sequential mode.
+
+    ``fused`` (sequential mode): ``None`` (default) runs the classic cells on the fused path of
+    :mod:`recurrax.fused` unless it is switched off with ``recurrax.fused.disabled()``; ``True``
+    requires it (an error for other cells or modes); ``False`` runs the plain loop.
 
     >>> import jax, jax.numpy as jnp, recurrax
     >>> cell = recurrax.LinearRecurrence(2, 4, key=jax.random.key(0))
@@ -108,61 +139,85 @@ def scan(
     True
     """
     check_mode(cell, mode)
+    use_fused = _use_fused(cell, mode, fused)
     if chunk_size is not None:
         chunk_size = _checks.positive_int("chunk_size", chunk_size)
     elif mode == "chunked":
         chunk_size = DEFAULT_CHUNK_SIZE
     xs = _checks.sequence(xs, cell.input_size)
     length = xs.shape[0]
+    if chunk_size is None and mode == "sequential" and length > AUTO_CHUNK_LENGTH:
+        chunk_size = auto_chunk_size(length)
     starts = _checks.step_flags("starts", starts, length)
     mask = _checks.step_flags("mask", mask, length)
-    h0 = cell.init_state() if state is None else state
-    _checks.same_structure("state", h0, cell.init_state())
-    h_reset = h0 if reset_state is None else reset_state
-    _checks.same_structure("reset_state", h_reset, cell.init_state())
+    h0 = cell.init_state() if state is None else _checks.state_like("state", state, cell.init_state())
+    h_reset = h0 if reset_state is None else _checks.state_like("reset_state", reset_state, cell.init_state())
 
     if reverse:
         xs = jnp.flip(xs, 0)
         starts = None if starts is None else jnp.flip(reversed_starts(starts), 0)
         mask = None if mask is None else jnp.flip(mask, 0)
 
-    ps = jax.vmap(cell.project)(xs)
-    if mode == "sequential":
-        run_chunk = lambda p, s, m, h: _sequential(cell, p, h, h_reset, s, m, unroll)  # noqa: E731
-    else:
-        run_chunk = lambda p, s, m, h: _associative(cell, p, h, h_reset, s, m)  # noqa: E731
+    def run_chunk(x, s, m, h):
+        if use_fused:  # projects the inputs itself
+            return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll)
+        ps = jax.vmap(cell.project)(x)
+        if mode == "sequential":
+            return _sequential(cell, ps, h, h_reset, s, m, unroll)
+        return _associative(cell, ps, h, h_reset, s, m)
+
     if chunk_size is None or chunk_size >= length:
-        ys, final = run_chunk(ps, starts, mask, h0)
+        ys, final = run_chunk(xs, starts, mask, h0)
     else:
-        ys, final = _over_chunks(run_chunk, ps, starts, mask, h0, chunk_size)
+        ys, final = _over_chunks(run_chunk, xs, starts, mask, h0, chunk_size)
     if reverse:
         ys = jnp.flip(ys, 0)
     return ys, final
 
 
-def _over_chunks(run_chunk, ps: Any, starts, mask, h0: Any, chunk_size: int):
-    """Run ``run_chunk`` chunk after chunk, carrying the state; each chunk is rematerialised."""
-    length = jax.tree_util.tree_leaves(ps)[0].shape[0]
-    num_chunks = -(-length // chunk_size)
-    pad = num_chunks * chunk_size - length
-    if pad:
-        # Padding steps repeat the last step (finite values for every cell) and are masked out.
-        ps = jax.tree_util.tree_map(lambda p: jnp.pad(p, [(0, pad)] + [(0, 0)] * (p.ndim - 1), mode="edge"), ps)
-        mask = jnp.ones((length,), jnp.bool_) if mask is None else mask
-        mask = jnp.pad(mask, (0, pad))
-        starts = None if starts is None else jnp.pad(starts, (0, pad))
+def _use_fused(cell: Cell, mode: str, fused: bool | None) -> bool:
+    if fused is None:
+        return mode == "sequential" and _fused.enabled() and _fused.supports(cell)
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    if fused and mode != "sequential":
+        raise ValueError(f"fused=True needs mode='sequential', got mode={mode!r}")
+    if fused and not _fused.supports(cell):
+        raise ValueError(
+            f"{type(cell).__name__} has no fused scan (only the classic cells do); use fused=None or False"
+        )
+    return fused
 
-    def chunks(a):
-        return None if a is None else a.reshape((num_chunks, chunk_size) + a.shape[1:])
+
+def _over_chunks(run_chunk, xs: jax.Array, starts, mask, h0: Any, chunk_size: int):
+    """Run ``run_chunk`` chunk after chunk, carrying the state; each chunk is rematerialised.
+
+    ``run_chunk`` takes the chunk's *inputs* and projects them itself. The loop runs over chunk
+    indices and slices the inputs inside the (checkpointed) body, so the backward pass keeps only the
+    states at chunk boundaries, and no chunked copy of the inputs is made. Steps left over after
+    the last whole chunk run as one shorter chunk.
+    """
+    length = xs.shape[0]
+    num_chunks, tail = divmod(length, chunk_size)
+
+    def piece(a, start, size):
+        return None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
 
     @jax.checkpoint
-    def body(h, chunk):
-        p, s, m = chunk
-        ys, h_end = run_chunk(p, s, m, h)
+    def body(h, k):
+        start = k * chunk_size
+        ys, h_end = run_chunk(piece(xs, start, chunk_size), piece(starts, start, chunk_size),
+                              piece(mask, start, chunk_size), h)
         return h_end, ys
 
-    final, ys = jax.lax.scan(body, h0, (jax.tree_util.tree_map(chunks, ps), chunks(starts), chunks(mask)))
-    ys = ys.reshape((num_chunks * chunk_size,) + ys.shape[2:])[:length]
+    final, ys = jax.lax.scan(body, h0, jnp.arange(num_chunks))
+    ys = ys.reshape((num_chunks * chunk_size,) + ys.shape[2:])
+    if tail:
+        start = num_chunks * chunk_size
+        ys_tail, final = jax.checkpoint(run_chunk)(
+            piece(xs, start, tail), piece(starts, start, tail), piece(mask, start, tail), final
+        )
+        ys = jnp.concatenate([ys, ys_tail])
     return ys, final
 
 

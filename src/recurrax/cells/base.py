@@ -68,7 +68,7 @@ class Cell(eqx.Module):
             raise ValueError(
                 f"{type(self).__name__} takes one step x of shape ({self.input_size},), got shape {tuple(x.shape)}"
             )
-        _checks.same_structure("state", state, self.init_state())
+        state = _checks.state_like("state", state, self.init_state())
         return self.step(state, self.project(x))
 
     def _dtype(self) -> jnp.dtype:

@@ -46,7 +46,7 @@ class Elman(Cell):
         self.bias = uniform_init(k3, (hidden_size,), s)
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight_ih @ x + self.bias
+        return x @ self.weight_ih.T + self.bias
 
     def step(self, state: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = get_activation(self.activation)(p + self.weight_hh @ state)
@@ -86,7 +86,7 @@ class ForgetElman(Cell):
         self.weight_hh = uniform_init(k4, (hidden_size, hidden_size), s)
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight_ih @ x + self.bias
+        return x @ self.weight_ih.T + self.bias
 
     def step(self, state: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         p_f, p_h = jnp.split(p, 2)

@@ -42,7 +42,7 @@ class GRU(Cell):
         self.bias_hn = uniform_init(k4, (hidden_size,), s)
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight_ih @ x + self.bias
+        return x @ self.weight_ih.T + self.bias
 
     def step(self, state: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         p_r, p_z, p_n = jnp.split(p, 3)

@@ -43,7 +43,7 @@ class LinearRecurrence(AssociativeCell):
         return jax.nn.sigmoid(self.decay_logit)
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight @ x + self.bias
+        return x @ self.weight.T + self.bias
 
     def element(self, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.decay, p

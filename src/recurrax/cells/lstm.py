@@ -45,7 +45,7 @@ class LSTM(Cell):
         return zeros, zeros
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight_ih @ x + self.bias
+        return x @ self.weight_ih.T + self.bias
 
     def step(self, state: tuple[jax.Array, jax.Array], p: jax.Array):
         h, c = state

@@ -41,7 +41,7 @@ class MGU(Cell):
         self.weight_hh = uniform_init(k4, (hidden_size, hidden_size), s)
 
     def project(self, x: jax.Array) -> jax.Array:
-        return self.weight_ih @ x + self.bias
+        return x @ self.weight_ih.T + self.bias
 
     def step(self, state: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         p_f, p_h = jnp.split(p, 2)

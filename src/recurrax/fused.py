@@ -1,0 +1,545 @@
+r"""Fused sequential scan for the classic cells: a hand-written backward pass, as cuDNN does it.
+
+:func:`recurrax.scan` in ``"sequential"`` mode (the default of every layer on a CPU) runs :class:`~recurrax.LSTM`,
+:class:`~recurrax.GRU`, :class:`~recurrax.Elman`, :class:`~recurrax.ForgetElman`,
+:class:`~recurrax.MGU` and :class:`~recurrax.LinearRecurrence` through this module unless told
+otherwise (``scan(..., fused=False)``, or ``with recurrax.fused.disabled(): ...`` around tracing).
+Values and first-order gradients are those of the plain ``jax.lax.scan`` of ``cell.step`` to float
+tolerance; ``starts``, ``mask``, ``reverse``, ``reset_state`` and ``chunk_size`` behave the same.
+
+What differs from differentiating the plain loop:
+
+* **Forward loop.** Each step computes its input projection and its recurrent product (all gates
+  stacked in one matrix), then *one* elementwise pass over the contiguous gate block (sigmoid
+  written as ``0.5 tanh(x/2) + 0.5``, so one ``tanh`` covers all four LSTM gates; four separate
+  gate slices made XLA's elementwise code about twice as slow). It saves what the backward pass
+  needs, the gate activations and the states, rather than what autodiff would choose.
+* **Backward loop.** A ``jax.custom_vjp`` whose backward loop carries only the state gradients:
+  per step one product ``dz @ W_hh`` (the gradient for the previous state) and elementwise work,
+  emitting the pre-activation gradients ``dz_t``. The transpose of the plain loop also accumulates
+  ``dW_hh += dz_t h_{t-1}ᵀ`` inside the loop: a second product per step, on one thread.
+* **Weight and input gradients** come from one product each over all T·B rows, outside the loop
+  (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
+  ``db = Σ dZ`` and ``dX = dZ W_ih``.
+
+How those gradients leave the loop when the batch comes from ``jax.vmap`` (a layer maps one
+sequence): a ``custom_vjp`` that returned ``dW_hh`` per sequence would, under ``vmap``, build a
+(B, 4H, H) stack of per-sequence gradients and then sum it (XLA does not fold the sum into the
+product: at B = 256, H = 512 a 1 GiB temporary). Instead the loops see the weights with their
+gradient stopped, and *gradient carriers* are inputs of the ``custom_vjp``: ``C = sg(H_prev) W_hhᵀ``
+and the projections ``P = X W_ihᵀ + b``, whose values are never used (XLA removes them) but whose
+cotangents are ``dZ`` (per cell, the gradients of the recurrent pre-activations and of the
+projections). Ordinary autodiff of ``C`` and ``P`` then gives the products above, contracted over
+time *and* batch, under ``vmap`` or not; per-example gradients (``vmap`` of ``grad``) stay correct.
+``H_prev`` comes from the forward loop, which therefore runs first, on stopped gradients.
+
+Limits (the plain path covers them: ``fused=False``): first-order reverse-mode derivatives only.
+Forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's "can't apply forward-mode autodiff (jvp) to
+a custom_vjp function"; a second derivative with respect to anything that feeds the scan (``grad``
+of ``grad``, Hessians) raises :class:`NotImplementedError` (one that only passes through the
+output cotangent, e.g. with respect to a readout, is exact). Subclasses of the classic cells (they
+may change ``step``) and all other cells run the plain loop.
+
+On a CPU, XLA runs a loop's body on one thread, so each step's products use one core however
+large they are; the products outside the loops use all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Any, Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .cells.activations import ACTIVATIONS
+from .cells.base import Cell
+from .cells.elman import Elman, ForgetElman
+from .cells.gru import GRU
+from .cells.linear import LinearRecurrence
+from .cells.lstm import LSTM
+from .cells.mgu import MGU
+
+sg = jax.lax.stop_gradient
+
+
+# ============================================================================================
+# Per-cell rules
+
+
+def _sigmoid(x):
+    """sigmoid(x) = (1 + tanh(x / 2)) / 2: one tanh, no division, the same value to float rounding."""
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+_FUSED_ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
+
+
+def _act_grad(name: str, out):
+    """The derivative of activation ``name`` written in terms of its output."""
+    if name == "tanh":
+        return 1.0 - out * out
+    if name == "sigmoid":
+        return out * (1.0 - out)
+    if name == "relu":
+        return (out > 0).astype(out.dtype)
+    if name == "identity":
+        return jnp.ones_like(out)
+    raise ValueError(f"no fused rule for activation {name!r}")
+
+
+def _fused_act(name: str, x):
+    return _sigmoid(x) if name == "sigmoid" else ACTIVATIONS[name](x)
+
+
+class Rule(NamedTuple):
+    """How one classic cell runs fused (all functions act on one sequence's step; vmap batches them).
+
+    * ``consts(cell)``: the arrays the loop uses (weights), reaching the loop without gradient;
+    * ``forward(consts, state, p) -> (state, residuals)``: one step, saving what ``backward`` needs;
+    * ``backward(consts, residuals, state_in, state_out, d_state_out) -> (d_state_in, dp, extra)``;
+    * ``carriers(cell, prev_h, residuals) -> tuple``: the recurrent pre-activations' gradient carriers,
+      ``A_k(θ, sg(U_k))`` over all steps, whose cotangents are ``gate_grads(dP, extra)``;
+    * ``output(state)``: the step's output (the hidden state).
+    """
+
+    consts: Callable
+    forward: Callable
+    backward: Callable
+    carriers: Callable
+    gate_grads: Callable
+    output: Callable = lambda s: s
+    add_output_grad: Callable = lambda ds, dy: ds + dy
+
+
+def _matvec_rows(u, w):
+    """u @ wᵀ over the last axis of u (u: (..., H), w: (G, H))."""
+    return u @ w.T
+
+
+# --- LSTM ----------------------------------------------------------------------------------
+
+
+def _lstm_constants(hidden: int, dtype):
+    """Per-column constants over the gate block (i, f, g, o): activation a = tanh(z s) s + m
+    (s = 1/2, m = 1/2: sigmoid; s = 1, m = 0: tanh), and its derivative da/dz = s² - (a - m)²."""
+    half, one, zero = (jnp.full((hidden,), v, dtype) for v in (0.5, 1.0, 0.0))
+    scale = jnp.concatenate([half, half, one, half])
+    shift = jnp.concatenate([half, half, zero, half])
+    return scale, shift
+
+
+def _lstm_forward(consts, state, p):
+    (w_hh,) = consts
+    h, c = state
+    scale, shift = _lstm_constants(h.shape[-1], p.dtype)
+    a = jnp.tanh((p + h @ w_hh.T) * scale) * scale + shift  # all four gates in one contiguous pass
+    i, f, g, o = jnp.split(a, 4)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (h, c), a
+
+
+def _lstm_backward(consts, a, state_in, state_out, d_out):
+    (w_hh,) = consts
+    _, c_in = state_in
+    _, c = state_out
+    dh, dc = d_out
+    scale, shift = _lstm_constants(dh.shape[-1], a.dtype)
+    i, f, g, o = jnp.split(a, 4)
+    tc = jnp.tanh(c)
+    dc = dc + dh * o * (1.0 - tc * tc)
+    # dL/da for the four gates, times da/dz, over the contiguous block (faster than four pieces).
+    da = jnp.concatenate([dc, dc, dc, dh]) * jnp.concatenate([g, c_in, i, tc])
+    dz = da * (scale * scale - (a - shift) ** 2)
+    return (dz @ w_hh, dc * f), dz, ()
+
+
+LSTM_RULE = Rule(
+    consts=lambda cell: (cell.weight_hh,),
+    forward=_lstm_forward,
+    backward=_lstm_backward,
+    carriers=lambda cell, h_prev, res: (_matvec_rows(h_prev, cell.weight_hh),),
+    gate_grads=lambda dp, extra: (dp,),
+    output=lambda s: s[0],
+    add_output_grad=lambda ds, dy: (ds[0] + dy, ds[1]),
+)
+
+
+# --- GRU -----------------------------------------------------------------------------------
+
+
+def _gru_forward(consts, h, p):
+    w_hh, b_hn = consts
+    hidden = h.shape[-1]
+    g = h @ w_hh.T
+    rz = _sigmoid(p[: 2 * hidden] + g[: 2 * hidden])
+    r, z = jnp.split(rz, 2)
+    gn = g[2 * hidden :] + b_hn
+    n = jnp.tanh(p[2 * hidden :] + r * gn)
+    return n + z * (h - n), (rz, n, gn)
+
+
+def _gru_backward(consts, res, h_in, h_out, dh):
+    w_hh, _ = consts
+    rz, n, gn = res
+    r, z = jnp.split(rz, 2)
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    d_rz = jnp.concatenate([dn * gn * r * (1.0 - r), dh * (h_in - n) * z * (1.0 - z)])
+    dgn = dn * r
+    dh_in = dh * z + jnp.concatenate([d_rz, dgn]) @ w_hh
+    return dh_in, jnp.concatenate([d_rz, dn]), dgn
+
+
+def _gru_carriers(cell, h_prev, res):
+    hidden = cell.hidden_size
+    bias = jnp.concatenate([jnp.zeros((2 * hidden,), cell.bias_hn.dtype), cell.bias_hn])
+    return (_matvec_rows(h_prev, cell.weight_hh) + bias,)
+
+
+GRU_RULE = Rule(
+    consts=lambda cell: (cell.weight_hh, cell.bias_hn),
+    forward=_gru_forward,
+    backward=_gru_backward,
+    carriers=_gru_carriers,
+    gate_grads=lambda dp, dgn: (jnp.concatenate([dp[..., : 2 * dgn.shape[-1]], dgn], -1),),
+)
+
+
+# --- Elman ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _elman_rule(activation: str) -> Rule:
+    def forward(consts, h, p):
+        (w_hh,) = consts
+        return _fused_act(activation, p + h @ w_hh.T), ()
+
+    def backward(consts, res, h_in, h_out, dh):
+        (w_hh,) = consts
+        dz = dh * _act_grad(activation, h_out)
+        return dz @ w_hh, dz, ()
+
+    return Rule(
+        consts=lambda cell: (cell.weight_hh,),
+        forward=forward,
+        backward=backward,
+        carriers=lambda cell, h_prev, res: (_matvec_rows(h_prev, cell.weight_hh),),
+        gate_grads=lambda dp, extra: (dp,),
+    )
+
+
+# --- ForgetElman and MGU: a forget gate, then a second product with the gated state ---------
+
+
+@functools.lru_cache(maxsize=None)
+def _forget_elman_rule(activation: str) -> Rule:
+    def forward(consts, h, p):
+        w_fh, w_hh = consts
+        p_f, p_h = jnp.split(p, 2)
+        f = _sigmoid(p_f + h @ w_fh.T)
+        return _fused_act(activation, p_h + (f * h) @ w_hh.T), f
+
+    def backward(consts, f, h_in, h_out, dh):
+        w_fh, w_hh = consts
+        dzh = dh * _act_grad(activation, h_out)
+        du = dzh @ w_hh
+        dzf = du * h_in * f * (1.0 - f)
+        return du * f + dzf @ w_fh, jnp.concatenate([dzf, dzh]), ()
+
+    return Rule(
+        consts=lambda cell: (cell.weight_fh, cell.weight_hh),
+        forward=forward,
+        backward=backward,
+        carriers=lambda cell, h_prev, f: (
+            _matvec_rows(h_prev, cell.weight_fh),
+            _matvec_rows(f * h_prev, cell.weight_hh),
+        ),
+        gate_grads=lambda dp, extra: tuple(jnp.split(dp, 2, -1)),
+    )
+
+
+def _mgu_forward(consts, h, p):
+    w_fh, w_hh = consts
+    p_f, p_h = jnp.split(p, 2)
+    f = _sigmoid(p_f + h @ w_fh.T)
+    cand = jnp.tanh(p_h + (f * h) @ w_hh.T)
+    return h + f * (cand - h), (f, cand)
+
+
+def _mgu_backward(consts, res, h_in, h_out, dh):
+    w_fh, w_hh = consts
+    f, cand = res
+    dzh = dh * f * (1.0 - cand * cand)
+    du = dzh @ w_hh
+    dzf = (dh * (cand - h_in) + du * h_in) * f * (1.0 - f)
+    return dh * (1.0 - f) + du * f + dzf @ w_fh, jnp.concatenate([dzf, dzh]), ()
+
+
+MGU_RULE = Rule(
+    consts=lambda cell: (cell.weight_fh, cell.weight_hh),
+    forward=_mgu_forward,
+    backward=_mgu_backward,
+    carriers=lambda cell, h_prev, res: (
+        _matvec_rows(h_prev, cell.weight_fh),
+        _matvec_rows(res[0] * h_prev, cell.weight_hh),
+    ),
+    gate_grads=lambda dp, extra: tuple(jnp.split(dp, 2, -1)),
+)
+
+
+# --- LinearRecurrence: h_t = γ ⊙ h_{t-1} + p_t, no product -----------------------------------
+
+LINEAR_RULE = Rule(
+    consts=lambda cell: (cell.decay,),
+    forward=lambda consts, h, p: (consts[0] * h + p, ()),
+    backward=lambda consts, res, h_in, h_out, dh: (consts[0] * dh, dh, ()),
+    carriers=lambda cell, h_prev, res: (cell.decay * h_prev,),
+    gate_grads=lambda dp, extra: (dp,),
+)
+
+
+def rule_for(cell: Cell) -> Rule | None:
+    """The fused rule of ``cell``, or None when it has none (the plain loop runs it).
+
+    Only the classic cells themselves qualify, not subclasses: a subclass may change ``step``.
+    """
+    kind = type(cell)
+    if kind is LSTM:
+        return LSTM_RULE
+    if kind is GRU:
+        return GRU_RULE
+    if kind is MGU:
+        return MGU_RULE
+    if kind is LinearRecurrence:
+        return LINEAR_RULE
+    if kind is Elman and cell.activation in _FUSED_ACTIVATIONS:
+        return _elman_rule(cell.activation)
+    if kind is ForgetElman and cell.activation in _FUSED_ACTIVATIONS:
+        return _forget_elman_rule(cell.activation)
+    return None
+
+
+def supports(cell: Cell) -> bool:
+    """Whether ``cell`` has a fused rule (it then runs fused unless the fused path is disabled)."""
+    return rule_for(cell) is not None
+
+
+_ENABLED = contextvars.ContextVar("recurrax_fused_enabled", default=True)
+
+
+def enabled() -> bool:
+    """Whether ``scan(..., fused=None)`` (the default, and every layer) takes the fused path."""
+    return _ENABLED.get()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block, scans *traced* here run the plain loop (e.g. for ``jax.jvp`` or Hessians).
+
+    The switch acts when a function is traced: a function jitted and compiled before keeps the path
+    it was compiled with (``jax.jit`` does not retrace on it).
+
+    >>> import jax, recurrax, recurrax.fused
+    >>> layer = recurrax.Recurrent(recurrax.GRU(2, 3, key=jax.random.key(0)))
+    >>> with recurrax.fused.disabled():
+    ...     _, tangent = jax.jvp(layer, (jax.numpy.ones((4, 2)),), (jax.numpy.ones((4, 2)),))
+    >>> tangent.shape
+    (4, 3)
+    """
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+# ============================================================================================
+# The scan
+
+
+def _where(cond, a, b):
+    def pick(x, y):
+        c = jnp.reshape(cond, jnp.shape(cond) + (1,) * (max(jnp.ndim(x), jnp.ndim(y)) - jnp.ndim(cond)))
+        return jnp.where(c, x, y)
+
+    return jax.tree_util.tree_map(pick, a, b)
+
+
+def _tree_zeros(tree):
+    return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+
+def _shift_in(states, h0):
+    """The states before each step: (h0, S_0, ..., S_{T-2}) from the states after them."""
+    return jax.tree_util.tree_map(lambda s, h: jnp.concatenate([h[None], s[:-1]]), states, h0)
+
+
+HOIST_SIZE = 2**18  # input size x gates above which a small batch hoists the input projection
+HOIST_BATCH = 128
+
+
+def project_in_loop(cell: Cell, batch: int | None) -> bool:
+    """Whether the forward loop computes each step's input projection itself, for a batch of
+    ``batch`` sequences (None: one sequence, no ``vmap``).
+
+    In the loop, a step's projection is a second matrix product per step on the batch's rows;
+    hoisted, it is one product over all steps before the loop. In the loop, nothing of size
+    T x B x gates is written, transposed from the batch-major layout ``vmap`` gives to the
+    time-major layout the loop reads, and read back; hoisted, the product runs at full GEMM speed
+    (and on every core of an idle machine: XLA runs a loop's body on one thread), and the input
+    weights are not streamed through the cache at every step. Measured on a 2-core CPU (LSTM,
+    T = 100..1000): in the loop is faster for B >= 4 when the input weights are small (128 inputs,
+    128 units: 1.2x in training) and for large batches (B = 256, H = 512: 1.1x in training);
+    hoisted for one sequence and for small batches with large input weights (B = 32, H = 512:
+    1.1-1.3x).
+    """
+    if batch is None:
+        return False
+    width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
+    return cell.input_size * width <= HOIST_SIZE or batch >= HOIST_BATCH
+
+
+def _loop(rule: Rule, unroll: int, in_loop: bool, cell: Cell, xs, h0, h_reset, starts, mask):
+    """The forward loop over one sequence: the states after every step (stacked) and the residuals."""
+    consts = rule.consts(cell)
+    inputs = xs if in_loop else jax.vmap(cell.project)(xs)
+
+    def body(s, step_inputs):
+        x, start, valid = step_inputs
+        p = cell.project(x) if in_loop else x
+        s_in = s if start is None else _where(start, h_reset, s)
+        s_new, res = rule.forward(consts, s_in, p)
+        if valid is not None:
+            s_new = _where(valid, s_new, s)
+        return s_new, (s_new, res)
+
+    _, (states, res) = jax.lax.scan(body, h0, (inputs, starts, mask), unroll=unroll)
+    return states, res
+
+
+def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll):
+    """The forward loop (no gradient flows through it), choosing where the input projection runs
+    from the batch size, which only a ``custom_vmap`` rule sees (see :func:`project_in_loop`)."""
+
+    @jax.custom_batching.custom_vmap
+    def run(cell, xs, h0, h_reset, starts, mask):
+        return _loop(rule, unroll, project_in_loop(cell, None), cell, xs, h0, h_reset, starts, mask)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, cell, xs, h0, h_reset, starts, mask):
+        one = functools.partial(_loop, rule, unroll, project_in_loop(cell, axis_size))
+        in_axes = jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched))
+        out = jax.vmap(one, in_axes=in_axes)(cell, xs, h0, h_reset, starts, mask)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return run(cell, xs, h0, h_reset, starts, mask)
+
+
+@jax.custom_jvp
+def _first_order_only(out, inputs):
+    """``out``; differentiating it with respect to ``inputs`` (at a second level) raises.
+
+    The fused VJP computes its outputs from values whose gradient was stopped, so a second-order
+    derivative through it would silently miss terms; this guard sits in the VJP's forward rule,
+    which only a higher-order derivative differentiates.
+    """
+    del inputs
+    return out
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+    raise NotImplementedError(
+        "the fused scan has first-order reverse-mode derivatives only; for higher-order derivatives run the "
+        "plain loop: recurrax.scan(..., fused=False), or trace under `with recurrax.fused.disabled(): ...`"
+    )
+
+
+class _Static(NamedTuple):
+    rule: Rule
+    unroll: int
+
+
+def _outputs(static: _Static, states, mask):
+    ys = static.rule.output(states)
+    if mask is not None:
+        ys = _where(mask, ys, jnp.zeros_like(ys))
+    final = jax.tree_util.tree_map(lambda s: s[-1], states)
+    return ys, final
+
+
+def _attach(static, ps, carriers, h0, h_reset, consts, states, res, starts, mask):
+    """(ys, final) from the forward loop's results; its VJP is the fused backward loop."""
+    del ps, carriers, h0, h_reset, consts, res, starts
+    return _outputs(static, states, mask)
+
+
+def _attach_fwd(static, ps, carriers, h0, h_reset, consts, states, res, starts, mask):
+    out = _first_order_only(_outputs(static, states, mask), (ps, carriers, h0, h_reset))
+    return out, (h0, h_reset, consts, states, res, starts, mask)
+
+
+def _attach_bwd(static, saved, cts):
+    h0, h_reset, consts, states, res, starts, mask = saved
+    rule = static.rule
+    dys, d_final = cts
+
+    def body(carry, inputs):
+        ds, d_reset = carry
+        t, dy, r, s_out, start, valid = inputs
+        # The state before step t, read in place (no shifted copy of the states is made).
+        before = jax.tree_util.tree_map(
+            lambda a: jax.lax.dynamic_index_in_dim(a, jnp.maximum(t - 1, 0), 0, False), states
+        )
+        s_prev = _where(t == 0, h0, before)
+        s_in = s_prev if start is None else _where(start, h_reset, s_prev)
+        d_out = rule.add_output_grad(ds, dy)
+        d_in, dp, extra = rule.backward(consts, r, s_in, s_out, d_out)
+        if start is not None:
+            reset = start if valid is None else start & valid  # a masked step ignores its start
+            d_reset = jax.tree_util.tree_map(lambda acc, d: acc + jnp.where(reset, d, 0), d_reset, d_in)
+            d_in = _where(start, _tree_zeros(d_in), d_in)
+        if valid is not None:
+            d_in = _where(valid, d_in, ds)
+            dp = jnp.where(valid, dp, 0)
+            extra = jax.tree_util.tree_map(lambda e: jnp.where(valid, e, 0), extra)
+        return (d_in, d_reset), (dp, extra)
+
+    d_reset0 = _tree_zeros(h0) if starts is not None else None
+    (dh0, d_reset), (dps, extras) = jax.lax.scan(
+        body, (d_final, d_reset0), (jnp.arange(len(dys)), dys, res, states, starts, mask), reverse=True,
+        unroll=static.unroll,
+    )
+    d_carriers = rule.gate_grads(dps, extras)
+    if starts is None:
+        d_reset = _tree_zeros(h_reset)
+    return dps, d_carriers, dh0, d_reset, None, None, None, None, None
+
+
+_attach = jax.custom_vjp(_attach, nondiff_argnums=(0,))
+_attach.defvjp(_attach_fwd, _attach_bwd)
+
+
+def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1):
+    """Run ``cell`` over one sequence ``xs`` (T, input_size) on the fused path.
+
+    Same contract as the plain sequential loop of :mod:`recurrax.scan` (``starts`` reset the state
+    to ``h_reset`` before a step, masked steps keep the state and output zeros); returns
+    ``(ys, final_state)``. ``cell`` must have a rule (:func:`supports`).
+    """
+    rule = rule_for(cell)
+    if rule is None:
+        raise ValueError(f"{type(cell).__name__} has no fused scan; use fused=False")
+    ps = jax.vmap(cell.project)(xs)  # a carrier only: its value is never used (the loop projects)
+    states, res = _forward_loop(rule, sg(cell), sg(xs), sg(h0), sg(h_reset), starts, mask, unroll)
+    states, res = sg(states), sg(res)
+    # The carriers' values are never used (XLA drops them); their cotangents give the gradients of
+    # the weights (and of xs, through the projections).
+    prev = _shift_in(states, h0)
+    prev_h = rule.output(prev if starts is None else _where(starts, h_reset, prev))
+    carriers = rule.carriers(cell, sg(prev_h), res)
+    consts = sg(rule.consts(cell))
+    return _attach(_Static(rule, unroll), ps, carriers, h0, h_reset, consts, states, res, starts, mask)

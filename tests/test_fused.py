@@ -1,0 +1,210 @@
+"""The fused scan of the classic cells (recurrax.fused) against the plain lax.scan of cell.step.
+
+Values and gradients (weights, inputs, initial and reset states) must agree, batched by vmap, with
+starts, masks, reverse, rematerialised chunks and bidirectional layers; float64 gradients are
+checked against finite differences. Shapes are tiny and each test compiles a handful of functions.
+"""
+
+import importlib
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+import recurrax.fused
+from finite_differences import check_gradient
+
+X, H, T, B = 3, 4, 7, 3
+STARTS = jnp.array([[1, 0, 0, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 1, 1, 0]], bool)
+MASK = jnp.array([[1, 1, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 1]], bool)
+
+
+def make(name, key=0, **kwargs):
+    return recurrax.get_cell_class(name)(X, H, key=jax.random.key(key), **kwargs)
+
+
+def random_state(cell, key):
+    leaves, treedef = jax.tree_util.tree_flatten(cell.init_state())
+    keys = jax.random.split(jax.random.key(key), len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [0.5 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+
+
+def batch_loss(fused, configs, chunk_size=None):
+    """Value and gradient of a batch loss through vmap, as the trainer computes it: every output and
+    the final state, summed over ``configs`` = ((reverse, with starts and mask), ...), one compilation."""
+    readout = jnp.cos(jnp.arange(T * H, dtype=jnp.float32).reshape(T, H))
+
+    def one(cell, x, h0, h_reset, starts, mask, reverse, flags):
+        ys, final = recurrax.scan(
+            cell, x, h0, starts=starts if flags else None, mask=mask if flags else None, reset_state=h_reset,
+            reverse=reverse, chunk_size=chunk_size, fused=fused,
+        )
+        return jnp.sum(jnp.tanh(ys) * readout) + sum(jnp.sum(jnp.sin(f)) for f in jax.tree_util.tree_leaves(final))
+
+    def loss(variables, starts, mask):
+        cell, xs, h0, h_reset = variables
+        total = 0.0
+        for k, (reverse, flags) in enumerate(configs):
+            per_seq = lambda *a: one(*a, reverse, flags)  # noqa: E731
+            batched = jax.vmap(per_seq, in_axes=(None, 0, 0, None, 0, 0))
+            total += (k + 1) * jnp.sum(batched(cell, xs, h0, h_reset, starts, mask))
+        return total
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def variables(name, **kwargs):
+    cell = make(name, **kwargs)
+    xs = jax.random.normal(jax.random.key(1), (B, T, X))
+    h0 = jax.vmap(lambda k: random_state(cell, k))(jnp.arange(B))
+    return cell, xs, h0, random_state(cell, 9)
+
+
+def assert_trees_close(a, b, tol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+def test_fused_equals_plain_values_and_gradients_under_vmap(cell_name):
+    """Reversed, with starts, mask, initial and reset states."""
+    v = variables(cell_name)
+    value, grads = batch_loss(True, ((True, True),))(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, ((True, True),))(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_fused_equals_plain_without_flags(name):
+    v = variables(name)
+    value, grads = batch_loss(True, ((False, False),))(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, ((False, False),))(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+@pytest.mark.parametrize("name, activation", [("elman", "relu"), ("forget-elman", "sigmoid")])
+def test_fused_elman_activations(name, activation):
+    v = variables(name, activation=activation)
+    value, grads = batch_loss(True, ((False, True),))(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, ((False, True),))(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+def test_fused_rematerialised_chunks_equal_plain():
+    v = variables("lstm")
+    value, grads = batch_loss(True, ((False, True),), chunk_size=3)(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, ((False, True),))(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+def test_fused_gradients_match_finite_differences():
+    """float64, with a reset state (tests/test_gradients.py covers every cell on the default path)."""
+    with jax.enable_x64(True):
+        cell = make("lstm")
+        xs = jax.random.normal(jax.random.key(1), (T, X))
+        h0 = random_state(cell, 3)
+        h_reset = random_state(cell, 4)
+        readout = jax.random.normal(jax.random.key(2), (T, H))
+
+        def loss(variables):
+            cell_, xs_, h0_, h_reset_ = variables
+            ys, final = recurrax.scan(cell_, xs_, h0_, starts=STARTS[2], mask=MASK[0], reset_state=h_reset_,
+                                      reverse=True, fused=True)
+            return jnp.sum(ys * readout) + sum(jnp.sum(jnp.sin(f)) for f in jax.tree_util.tree_leaves(final))
+
+        check_gradient(loss, (cell, xs, h0, h_reset))
+
+
+def test_per_example_gradients_vmap_of_grad():
+    """vmap of grad (per-example weight gradients) is right too: the carrier keeps them separate."""
+    cell, xs, _, _ = variables("gru")
+
+    def per_example(fused):
+        def loss(c, x):
+            return jnp.sum(recurrax.scan(c, x, fused=fused)[0] ** 2)
+
+        return jax.jit(jax.vmap(eqx.filter_grad(loss), in_axes=(None, 0)))(cell, xs)
+
+    fused, plain = per_example(True), per_example(False)
+    assert fused.weight_hh.shape == (B,) + cell.weight_hh.shape
+    assert_trees_close(fused, plain, 2e-5)
+
+
+def test_layers_take_the_fused_path_and_match_the_plain_path():
+    layer = recurrax.Bidirectional(make("lstm", 0), make("lstm", 1))
+    xs = jax.random.normal(jax.random.key(1), (B, T, X))
+    loss = lambda m: jnp.sum(jax.vmap(lambda x, s, k: m(x, starts=s, mask=k))(xs, STARTS, MASK) ** 2)  # noqa: E731
+    value, grads = jax.jit(jax.value_and_grad(loss))(layer)
+    assert "custom_vjp" in str(jax.make_jaxpr(loss)(layer))  # the layer runs fused by default
+    with recurrax.fused.disabled():  # acts on tracing: a new function, not one traced before
+        plain_loss = lambda m: loss(m)  # noqa: E731
+        want, want_grads = jax.jit(jax.value_and_grad(plain_loss))(layer)
+        assert "custom_vjp" not in str(jax.make_jaxpr(plain_loss)(layer))
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+def test_which_cells_run_fused():
+    for name in ("linear", "elman", "forget-elman", "mgu", "gru", "lstm"):
+        assert recurrax.fused.supports(make(name))
+
+    class MyGRU(recurrax.GRU):
+        pass
+
+    assert not recurrax.fused.supports(MyGRU(X, H, key=jax.random.key(0)))  # a subclass may change step
+    with pytest.raises(ValueError, match="no fused scan"):
+        recurrax.scan(MyGRU(X, H, key=jax.random.key(0)), jnp.ones((T, X)), fused=True)
+    with pytest.raises(ValueError, match="sequential"):
+        recurrax.scan(make("linear"), jnp.ones((T, X)), mode="associative", fused=True)
+    with pytest.raises(TypeError, match="fused"):
+        recurrax.scan(make("gru"), jnp.ones((T, X)), fused="yes")
+
+
+def test_higher_order_and_forward_mode_need_the_plain_path():
+    cell = make("elman")
+    xs = jax.random.normal(jax.random.key(1), (T, X))
+
+    def loss(c, x, fused=None):
+        return jnp.sum(recurrax.scan(c, x, fused=fused)[0] ** 2)
+
+    with pytest.raises(NotImplementedError, match="first-order"):
+        jax.grad(lambda x: jnp.sum(jax.grad(loss, 1)(cell, x) ** 2))(xs)
+    hvp_plain = jax.grad(lambda x: jnp.sum(jax.grad(loss, 1)(cell, x, False) ** 2))(xs)
+    with recurrax.fused.disabled():
+        hvp = jax.grad(lambda x: jnp.sum(jax.grad(loss, 1)(cell, x) ** 2))(xs)
+        _, tangent = jax.jvp(lambda x: loss(cell, x), (xs,), (jnp.ones_like(xs),))
+    np.testing.assert_allclose(hvp, hvp_plain, rtol=1e-6)
+    assert np.isfinite(tangent)
+
+
+def test_hoisted_projection_under_vmap_equals_plain(monkeypatch):
+    """Large input weights and small batches hoist the input projection out of the loop."""
+    monkeypatch.setattr(recurrax.fused, "HOIST_SIZE", 0)
+    assert not recurrax.fused.project_in_loop(make("gru"), B)
+    assert recurrax.fused.project_in_loop(make("gru"), recurrax.fused.HOIST_BATCH)
+    assert not recurrax.fused.project_in_loop(make("gru"), None)  # one sequence, no vmap
+    v = variables("gru")
+    value, grads = batch_loss(True, ((True, True),))(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, ((True, True),))(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
+def test_long_sequences_are_rematerialised_by_default(monkeypatch):
+    scan_module = importlib.import_module("recurrax.scan")
+    assert scan_module.auto_chunk_size(100_000) == 250  # a divisor near 256: no shorter chunk left
+    assert scan_module.auto_chunk_size(8209) == 256  # a prime
+    monkeypatch.setattr(scan_module, "AUTO_CHUNK_LENGTH", 5)
+    monkeypatch.setattr(scan_module, "DEFAULT_CHUNK_SIZE", 3)
+    cell = make("lstm")
+    xs = jax.random.normal(jax.random.key(1), (T, X))
+    loss = lambda c, chunk_size=None: jnp.sum(recurrax.scan(c, xs, chunk_size=chunk_size)[0] ** 2)  # noqa: E731
+    assert "remat" in str(jax.make_jaxpr(jax.grad(loss))(cell))
+    assert "remat" not in str(jax.make_jaxpr(jax.grad(lambda c: loss(c, T)))(cell))
+    assert_trees_close(jax.grad(loss)(cell), jax.grad(lambda c: loss(c, T))(cell), 2e-5)
