@@ -12,7 +12,8 @@ runs the same recurrence over a batch, forward only ("fwd", inference) and forwa
 * ``unfused``: recurrax's layer with the fused path switched off (``fused=False``: ``jax.vmap`` of
   the plain ``lax.scan`` of ``cell.step``), i.e. recurrax before :mod:`recurrax.fused`.
 * ``ours``: ``jax.vmap(recurrax.Recurrent(cell))`` on (B, T, H) inputs, the library's default
-  (for ``LinearRecurrence`` that is the associative scan; ``--scan sequential`` runs it fused),
+  (on a CPU the sequential scan, fused for every cell but ``LinearRecurrence``, which has no
+  product in its loop and runs the plain loop, as ``unfused`` does),
   trained as the trainer does: ``jax.value_and_grad`` of a loss that calls ``jax.vmap(model)``.
 
 Each contender runs in its own worker process (JAX's and torch's thread pools would fight in one),

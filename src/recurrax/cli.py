@@ -17,10 +17,19 @@ from .data.tasks import TASKS
 TASK_CHOICES = ("text",) + tuple(TASKS)
 
 # Defaults that depend on the task: the language-modelling main job, and the synthetic tasks.
-TEXT_DEFAULTS = dict(cell="lstm", hidden=512, layers=1, embed=64, dropout=0.0, steps=1600, batch=32, chunk=100,
-                     lr=3e-3, schedule="cosine", warmup=100, eval_every=400, log_every=50, bptt="truncated")
+# The main job (measured on 2 CPU cores: about 7.5 minutes, 32k characters/s; see the README).
+TEXT_DEFAULTS = dict(cell="lstm", hidden=256, layers=1, embed=64, dropout=0.3, steps=2200, batch=64, chunk=100,
+                     lr=3e-2, schedule="cosine", warmup=100, eval_every=550, log_every=50, bptt="truncated")
 TASK_DEFAULTS = dict(cell="lstm", hidden=64, layers=1, embed=None, dropout=0.0, steps=2000, batch=32, chunk=None,
                      lr=1e-3, schedule="constant", warmup=0, eval_every=200, log_every=100, bptt="full")
+
+
+def _defaults(key: str) -> str:
+    """The defaults of an option as its help shows them: [text / tasks], or [both] when equal."""
+    text, task = TEXT_DEFAULTS[key], TASK_DEFAULTS[key]
+    if task is None:
+        task = "hidden" if key == "embed" else task
+    return f"[{text}]" if text == task else f"[{text} / {task}]"
 
 
 class UsageError(Exception):
@@ -69,29 +78,29 @@ def _train_parser(sub) -> None:
     g.add_argument("--train-size", type=_positive(int), default=10000, help="synthetic task: training sequences")
     g.add_argument("--valid-size", type=_positive(int), default=1000, help="synthetic task: validation/test sequences")
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=tuple(CELLS), help="recurrent cell [lstm]")
-    g.add_argument("--hidden", type=_positive(int), help="hidden size per layer [512 / 64]")
-    g.add_argument("--layers", type=_positive(int), help="number of stacked layers [1]")
-    g.add_argument("--embed", type=_positive(int), help="embedding size (token inputs) [64 / hidden]")
+    g.add_argument("--cell", choices=tuple(CELLS), help=f"recurrent cell {_defaults('cell')}")
+    g.add_argument("--hidden", type=_positive(int), help=f"hidden size per layer (text / tasks) {_defaults('hidden')}")
+    g.add_argument("--layers", type=_positive(int), help=f"number of stacked layers {_defaults('layers')}")
+    g.add_argument("--embed", type=_positive(int), help=f"embedding size (token inputs) {_defaults('embed')}")
     g.add_argument("--bidirectional", action="store_true", help="deep bidirectional layers (tasks only)")
-    g.add_argument("--dropout", type=float, help="dropout between layers and on embeddings/outputs [0]")
+    g.add_argument("--dropout", type=float, help=f"dropout between layers and on embeddings/outputs {_defaults('dropout')}")
     g.add_argument("--tie-weights", action="store_true", help="language model: output matrix = embedding")
     g.add_argument("--scan", choices=("auto", "sequential", "associative", "chunked"), default="auto",
                    help="how the recurrence runs over a sequence")
     g = p.add_argument_group("training")
     g.add_argument("--bptt", choices=("full", "truncated", "curriculum"),
-                   help="backpropagation through time strategy [truncated / full]")
-    g.add_argument("--chunk", type=_positive(int), help="truncated BPTT: steps per chunk (text: window) [100]")
+                   help=f"backpropagation through time strategy {_defaults('bptt')}")
+    g.add_argument("--chunk", type=_positive(int), help="truncated BPTT: steps per chunk (text: window) [100 for text]")
     g.add_argument("--stride", type=_positive(int), default=1, help="curriculum BPTT: prefix length step")
-    g.add_argument("--steps", type=_positive(int), help="optimiser steps [1600 / 2000]")
-    g.add_argument("--batch", type=_positive(int), help="sequences per batch [32]")
-    g.add_argument("--lr", type=_positive(float), help="learning rate [3e-3 / 1e-3]")
+    g.add_argument("--steps", type=_positive(int), help=f"optimiser steps {_defaults('steps')}")
+    g.add_argument("--batch", type=_positive(int), help=f"sequences per batch {_defaults('batch')}")
+    g.add_argument("--lr", type=_positive(float), help=f"learning rate {_defaults('lr')}")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="Optax optimiser")
-    g.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule [cosine / constant]")
-    g.add_argument("--warmup", type=int, help="linear warmup steps [100 / 0]")
+    g.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule {_defaults('schedule')}")
+    g.add_argument("--warmup", type=int, help=f"linear warmup steps {_defaults('warmup')}")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
-    g.add_argument("--eval-every", type=_positive(int), help="evaluate and checkpoint every N steps [400 / 200]")
+    g.add_argument("--eval-every", type=_positive(int), help=f"evaluate and checkpoint every N steps {_defaults('eval_every')}")
     g.add_argument("--patience", type=_positive(int), help="stop after N evaluations without improvement")
     g.add_argument("--log-every", type=_positive(int), help="progress line every N steps when not on a terminal")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation, dropout)")

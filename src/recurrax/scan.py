@@ -19,9 +19,10 @@ divisor of T near 256 when there is one, so that no shorter chunk is left over):
 this costs little time or none (a chunk's activations stay in cache) and keeps memory bounded;
 ``chunk_size >= T`` turns it off.
 
-The classic cells (LSTM, GRU, Elman, ForgetElman, MGU, LinearRecurrence) run ``"sequential"`` on
-a fused path (:mod:`recurrax.fused`): the same values, a hand-written backward pass whose loop
-carries only the state gradients, and weight gradients from one matrix product over all steps.
+The classic cells with a recurrent matrix product (LSTM, GRU, Elman, ForgetElman, MGU) run
+``"sequential"`` on a fused path (:mod:`recurrax.fused`): the same values, a hand-written
+backward pass whose loop carries only the state gradients, and weight gradients from one matrix
+product over all steps.
 ``fused=False`` runs the plain ``jax.lax.scan`` of ``cell.step`` instead (needed for forward-mode
 or higher-order derivatives).
 
@@ -52,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from ._trees import tree_where
 from . import fused as _fused
 from .cells.base import AssociativeCell, Cell
 
@@ -71,18 +73,8 @@ def auto_chunk_size(length: int) -> int:
     return DEFAULT_CHUNK_SIZE
 
 
-def _where(cond: jax.Array, a: Any, b: Any) -> Any:
-    """``jnp.where`` over two pytrees, broadcasting ``cond`` (leading axes) against each leaf."""
-
-    def pick(x, y):
-        c = jnp.reshape(cond, cond.shape + (1,) * (jnp.ndim(x) - cond.ndim))
-        return jnp.where(c, x, y)
-
-    return jax.tree_util.tree_map(pick, a, b)
-
-
 def _zero_where_masked(valid: jax.Array | None, ys: jax.Array) -> jax.Array:
-    return ys if valid is None else _where(valid, ys, jnp.zeros_like(ys))
+    return ys if valid is None else tree_where(valid, ys, jnp.zeros_like(ys))
 
 
 def reversed_starts(starts: jax.Array) -> jax.Array:
@@ -226,10 +218,10 @@ def _sequential(cell: Cell, ps: Any, h_start: Any, h_reset: Any, starts, mask, u
 
     def body(h, inputs):
         p, start, valid = inputs
-        h_in = h if start is None else _where(start, h_reset, h)
+        h_in = h if start is None else tree_where(start, h_reset, h)
         h_new, y = cell.step(h_in, p)
         if valid is not None:
-            h_new = _where(valid, h_new, h)
+            h_new = tree_where(valid, h_new, h)
             y = _zero_where_masked(valid, y)
         return h_new, y
 
@@ -257,16 +249,16 @@ def _associative(cell: AssociativeCell, ps: Any, h_start: Any, h_reset: Any, sta
     def combine(earlier, later):
         e1, r1, v1 = earlier
         e2, r2, v2 = later
-        out = _where(r2 | ~v1, e2, compose(e1, e2))
-        out = _where(v2, out, e1)
+        out = tree_where(r2 | ~v1, e2, compose(e1, e2))
+        out = tree_where(v2, out, e1)
         return out, r1 | r2, v1 | v2
 
     prefix, reset_prefix, valid_prefix = jax.lax.associative_scan(combine, (elements, resets, valid))
     states = apply_all(prefix, h_start)
     if starts is not None:
-        states = _where(reset_prefix, apply_all(prefix, h_reset), states)
+        states = tree_where(reset_prefix, apply_all(prefix, h_reset), states)
     h_start_tiled = jax.tree_util.tree_map(lambda s, h: jnp.broadcast_to(h, s.shape), states, h_start)
-    states = _where(valid_prefix, states, h_start_tiled)
+    states = tree_where(valid_prefix, states, h_start_tiled)
     ys = _zero_where_masked(mask, jax.vmap(cell.readout)(states, ps))
     final = jax.tree_util.tree_map(lambda s: s[-1], states)
     return ys, final
