@@ -5,6 +5,7 @@ import json
 import pytest
 
 from recurrax.cli import main
+from recurrax.lm.dynamic import LEARNING_RATES
 
 TINY_LM = ["--hidden", "8", "--embed", "8", "--steps", "4", "--batch", "4", "--chunk", "16", "--eval-every", "2",
            "--warmup", "1", "--ngram-order", "2", "--sample-length", "5", "--quiet"]
@@ -28,6 +29,9 @@ def test_train_writes_a_complete_run(lm_run, capsys):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 4 and results["test_bits"] > 0
     assert {r["smoothing"] for r in results["ngram"]} == {"mle", "add-k", "kneser-ney"}
+    dynamic = results["dynamic"]  # tuned on validation over a grid that includes 0 (static evaluation)
+    assert dynamic["learning_rate"] in LEARNING_RATES
+    assert dynamic["valid_bits"] <= results["valid_bits"] + 1e-6
 
 
 def test_generate_and_eval(lm_run, capsys):
@@ -37,6 +41,8 @@ def test_generate_and_eval(lm_run, capsys):
     assert out.startswith("the ") and len(out.rstrip("\n")) == len("the ") + 12
     assert main(["eval", str(run), "--data", str(text)]) == 0
     assert "bits/character" in capsys.readouterr().out
+    assert main(["eval", str(run), "--data", str(text), "--dynamic-lr", "0.3"]) == 0
+    assert "dynamic evaluation (learning rate 0.3" in capsys.readouterr().out
 
 
 def test_resume_continues_a_run(lm_run, tmp_path):
@@ -72,12 +78,17 @@ def test_bad_text_files(tmp_path, content, message, capsys):
     assert not (tmp_path / "r" / "config.json").exists()
 
 
-def test_unknown_choices_exit_2(capsys):
+def test_unknown_choices_and_bad_values_exit_2(capsys):
     for args in (["train", "--cell", "transformer"], ["train", "--task", "chess"]):
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
+    for value in ("fast", "-1", "inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--dynamic-lr", value])
+        assert exit_info.value.code == 2
+        assert "--dynamic-lr: must be 'auto' or a number >= 0" in capsys.readouterr().err
 
 
 def test_existing_run_is_not_overwritten_and_prompt_must_be_in_vocabulary(lm_run, capsys):

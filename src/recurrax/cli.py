@@ -17,7 +17,8 @@ from .data.tasks import TASKS
 TASK_CHOICES = ("text",) + tuple(TASKS)
 
 # Defaults that depend on the task: the language-modelling main job, and the synthetic tasks.
-# The main job (measured on 2 CPU cores: about 7.5 minutes, 32k characters/s; see the README).
+# The main job (measured on 2 CPU cores: 4 to 7.5 minutes of training, 65k to 32k characters/s by the
+# load of the machine; see the README).
 TEXT_DEFAULTS = dict(cell="lstm", hidden=256, layers=1, embed=64, dropout=0.3, steps=2200, batch=64, chunk=100,
                      lr=3e-2, schedule="cosine", warmup=100, eval_every=550, log_every=50, bptt="truncated")
 TASK_DEFAULTS = dict(cell="lstm", hidden=64, layers=1, embed=None, dropout=0.0, steps=2000, batch=32, chunk=None,
@@ -56,6 +57,18 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _learning_rate_or_auto(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text}")
+    return value
 
 
 def _train_parser(sub) -> None:
@@ -113,6 +126,9 @@ def _train_parser(sub) -> None:
     g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
     g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
+    g.add_argument("--dynamic-lr", type=_learning_rate_or_auto, default="auto",
+                   help="also report dynamic evaluation (the model keeps learning from the text it scores) with this "
+                   "SGD learning rate; 'auto' picks it on the validation split, 0 turns it off [auto]")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -209,6 +225,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     unit = "character" if vocab.level == "char" else "word"
     print(f"{args.data}: {len(ids):,} {unit}s, {result['bits_per_token']:.4f} bits/{unit}, "
           f"perplexity {result['perplexity']:.3f}")
+    if args.dynamic_lr:
+        from .lm.dynamic import evaluate_text_dynamic
+
+        result = evaluate_text_dynamic(model, ids, learning_rate=args.dynamic_lr)
+        print(f"dynamic evaluation (learning rate {args.dynamic_lr:g}, segments of {result['segment']}): "
+              f"{result['bits_per_token']:.4f} bits/{unit}, perplexity {result['perplexity']:.3f}")
 
 
 def _cmd_ngram(args: argparse.Namespace) -> None:
@@ -283,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="bits per token of a trained language model on a text file")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--data", type=Path, required=True, metavar="FILE")
+    p.add_argument("--dynamic-lr", type=_positive(float),
+                   help="also report dynamic evaluation with this SGD learning rate (results.json of a run gives "
+                   "the one tuned on its validation split)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ngram", help="n-gram language models: perplexity for each order and smoothing",

@@ -18,6 +18,7 @@ from ..data.corpus import Corpus, builtin_corpus, load_text_file
 from ..train import checkpoint, run_dir as runs
 from ..train.trainer import TrainConfig, fit
 from .batches import ContiguousBatches, evaluate_text
+from .dynamic import evaluate_text_dynamic, tune_learning_rate
 from .generate import generate
 from .model import LanguageModel
 from .ngram import SMOOTHINGS, best_row, ngram_report
@@ -126,9 +127,12 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     valid = evaluate_text(best_model, data.ids["valid"])
     test = evaluate_text(best_model, data.ids["test"])
     tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
+    dynamic_lr = options.get("dynamic_lr", "auto")  # runs saved before dynamic evaluation existed: "auto"
+    dynamic = dynamic_evaluation(best_model, data, dynamic_lr) if dynamic_lr != 0 else None
     results = {
         "valid_bits": valid["bits_per_token"], "test_bits": test["bits_per_token"],
         "valid_perplexity": valid["perplexity"], "test_perplexity": test["perplexity"],
+        "dynamic": dynamic,
         "unit": unit, "steps": result.step, "stopped_early": result.stopped_early,
         "train_seconds": train_seconds, "tokens_per_second": tokens_trained / train_seconds,
         "total_seconds": time.perf_counter() - started, "ngram": baselines,
@@ -143,9 +147,29 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     return results
 
 
+def dynamic_evaluation(model: LanguageModel, data: TextData, learning_rate: float | str) -> dict[str, float]:
+    """Validation and test bits under dynamic evaluation (:mod:`recurrax.lm.dynamic`).
+
+    ``learning_rate="auto"`` picks it on the validation text (the test text is never used to choose).
+    """
+    t0 = time.perf_counter()
+    if learning_rate == "auto":
+        learning_rate, tried = tune_learning_rate(model, data.ids["valid"])
+        valid = next(r for r in tried if r["learning_rate"] == learning_rate)
+    else:
+        valid = evaluate_text_dynamic(model, data.ids["valid"], learning_rate=float(learning_rate))
+    test = evaluate_text_dynamic(model, data.ids["test"], learning_rate=float(learning_rate))
+    return {"learning_rate": float(learning_rate), "segment": test["segment"], "valid_bits": valid["bits_per_token"],
+            "test_bits": test["bits_per_token"], "seconds": time.perf_counter() - t0}
+
+
 def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str], None]) -> None:
     out(f"\nRNN LM: valid {results['valid_bits']:.4f}, test {results['test_bits']:.4f} bits/{unit} "
         f"({results['tokens_per_second']:,.0f} {unit}s/s in training)")
+    dynamic = results.get("dynamic")
+    if dynamic:
+        out(f"RNN LM, dynamic evaluation (learning rate {dynamic['learning_rate']:g}, segments of {dynamic['segment']}): "
+            f"valid {dynamic['valid_bits']:.4f}, test {dynamic['test_bits']:.4f} bits/{unit}")
     for split in ("valid", "test"):
         rows = [r for r in baselines if r["split"] == split]
         if rows:
