@@ -185,6 +185,17 @@ def test_higher_order_and_forward_mode_need_the_plain_path():
     assert np.isfinite(tangent)
 
 
+def test_where_the_input_projection_runs():
+    """In the loop for a batch of gated cells with small input weights; hoisted for the cells with
+    one or two gate blocks, and for one sequence."""
+    for name in ("elman", "forget-elman", "mgu"):
+        assert not recurrax.fused.project_in_loop(make(name), B)
+        assert not recurrax.fused.project_in_loop(make(name), recurrax.fused.HOIST_BATCH)
+    for name in ("gru", "lstm"):
+        assert recurrax.fused.project_in_loop(make(name), B)
+        assert not recurrax.fused.project_in_loop(make(name), None)
+
+
 def test_hoisted_projection_under_vmap_equals_plain(monkeypatch):
     """Large input weights and small batches hoist the input projection out of the loop."""
     monkeypatch.setattr(recurrax.fused, "HOIST_SIZE", 0)

@@ -104,7 +104,9 @@ class Rule(NamedTuple):
     * ``backward(consts, residuals, state_in, state_out, d_state_out) -> (d_state_in, dp, extra)``;
     * ``carriers(cell, prev_h, residuals) -> tuple``: the recurrent pre-activations' gradient carriers,
       ``A_k(θ, sg(U_k))`` over all steps, whose cotangents are ``gate_grads(dP, extra)``;
-    * ``output(state)``: the step's output (the hidden state).
+    * ``output(state)``: the step's output (the hidden state);
+    * ``in_loop``: whether a batch may compute its input projections inside the loop
+      (:func:`project_in_loop`); False: always hoisted.
     """
 
     consts: Callable
@@ -114,6 +116,7 @@ class Rule(NamedTuple):
     gate_grads: Callable
     output: Callable = lambda s: s
     add_output_grad: Callable = lambda ds, dy: ds + dy
+    in_loop: bool = True
 
 
 def _matvec_rows(u, w):
@@ -230,6 +233,7 @@ def _elman_rule(activation: str) -> Rule:
         backward=backward,
         carriers=lambda cell, h_prev, res: (_matvec_rows(h_prev, cell.weight_hh),),
         gate_grads=lambda dp, extra: (dp,),
+        in_loop=False,
     )
 
 
@@ -260,6 +264,7 @@ def _forget_elman_rule(activation: str) -> Rule:
             _matvec_rows(f * h_prev, cell.weight_hh),
         ),
         gate_grads=lambda dp, extra: tuple(jnp.split(dp, 2, -1)),
+        in_loop=False,
     )
 
 
@@ -289,6 +294,7 @@ MGU_RULE = Rule(
         _matvec_rows(res[0] * h_prev, cell.weight_hh),
     ),
     gate_grads=lambda dp, extra: tuple(jnp.split(dp, 2, -1)),
+    in_loop=False,
 )
 
 
@@ -375,9 +381,12 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
     T = 100..1000): in the loop is faster for B >= 4 when the input weights are small (128 inputs,
     128 units: 1.2x in training) and for large batches (B = 256, H = 512: 1.1x in training);
     hoisted for one sequence and for small batches with large input weights (B = 32, H = 512:
-    1.1-1.3x).
+    1.1-1.3x). The cells with one or two gate blocks (Elman, ForgetElman, MGU; ``Rule.in_loop``
+    False) always hoist: in the loop they were 1.2-1.3x slower in inference and no faster in
+    training (B = 32, T = 200, H = 128).
     """
-    if batch is None:
+    rule = rule_for(cell)
+    if batch is None or rule is None or not rule.in_loop:
         return False
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
     return cell.input_size * width <= HOIST_SIZE or batch >= HOIST_BATCH
