@@ -68,40 +68,36 @@ def assert_trees_close(a, b, tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
+def assert_fused_matches_plain(v, flags, **fused_options):
+    """The batch loss and its gradients on the fused path equal those of the plain loop."""
+    value, grads = batch_loss(True, flags, **fused_options)(v, STARTS, MASK)
+    want, want_grads = batch_loss(False, flags)(v, STARTS, MASK)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
 @pytest.mark.parametrize("name", ["elman", "forget-elman", "mgu", "gru", "lstm"])
 def test_fused_equals_plain_values_and_gradients_under_vmap(name):
     """Reversed, with starts, mask, initial and reset states."""
     v = variables(name)
-    value, grads = batch_loss(True, ((True, True),))(v, STARTS, MASK)
-    want, want_grads = batch_loss(False, ((True, True),))(v, STARTS, MASK)
-    np.testing.assert_allclose(value, want, rtol=1e-5)
-    assert_trees_close(grads, want_grads, 2e-5)
+    assert_fused_matches_plain(v, ((True, True),))
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 def test_fused_equals_plain_without_flags(name):
     v = variables(name)
-    value, grads = batch_loss(True, ((False, False),))(v, STARTS, MASK)
-    want, want_grads = batch_loss(False, ((False, False),))(v, STARTS, MASK)
-    np.testing.assert_allclose(value, want, rtol=1e-5)
-    assert_trees_close(grads, want_grads, 2e-5)
+    assert_fused_matches_plain(v, ((False, False),))
 
 
 @pytest.mark.parametrize("name, activation", [("elman", "relu"), ("forget-elman", "sigmoid")])
 def test_fused_elman_activations(name, activation):
     v = variables(name, activation=activation)
-    value, grads = batch_loss(True, ((False, True),))(v, STARTS, MASK)
-    want, want_grads = batch_loss(False, ((False, True),))(v, STARTS, MASK)
-    np.testing.assert_allclose(value, want, rtol=1e-5)
-    assert_trees_close(grads, want_grads, 2e-5)
+    assert_fused_matches_plain(v, ((False, True),))
 
 
 def test_fused_rematerialised_chunks_equal_plain():
     v = variables("lstm")
-    value, grads = batch_loss(True, ((False, True),), chunk_size=3)(v, STARTS, MASK)
-    want, want_grads = batch_loss(False, ((False, True),))(v, STARTS, MASK)
-    np.testing.assert_allclose(value, want, rtol=1e-5)
-    assert_trees_close(grads, want_grads, 2e-5)
+    assert_fused_matches_plain(v, ((False, True),), chunk_size=3)
 
 
 def test_fused_gradients_match_finite_differences():
@@ -203,10 +199,7 @@ def test_hoisted_projection_under_vmap_equals_plain(monkeypatch):
     assert recurrax.fused.project_in_loop(make("gru"), recurrax.fused.HOIST_BATCH)
     assert not recurrax.fused.project_in_loop(make("gru"), None)  # one sequence, no vmap
     v = variables("gru")
-    value, grads = batch_loss(True, ((True, True),))(v, STARTS, MASK)
-    want, want_grads = batch_loss(False, ((True, True),))(v, STARTS, MASK)
-    np.testing.assert_allclose(value, want, rtol=1e-5)
-    assert_trees_close(grads, want_grads, 2e-5)
+    assert_fused_matches_plain(v, ((True, True),))
 
 
 def test_long_sequences_are_rematerialised_by_default(monkeypatch):
