@@ -18,7 +18,7 @@ from ..data.corpus import Corpus, builtin_corpus, load_text_file
 from ..train import checkpoint, run_dir as runs
 from ..train.trainer import TrainConfig, fit
 from .batches import ContiguousBatches, evaluate_text
-from .dynamic import evaluate_text_dynamic, tune_learning_rate
+from .dynamic import LEARNING_RATES, evaluate_text_dynamic, tune_learning_rate
 from .generate import generate
 from .model import LanguageModel
 from .ngram import SMOOTHINGS, best_row, ngram_report
@@ -128,7 +128,11 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     test = evaluate_text(best_model, data.ids["test"])
     tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
     dynamic_lr = options.get("dynamic_lr", "auto")  # runs saved before dynamic evaluation existed: "auto"
-    dynamic = dynamic_evaluation(best_model, data, dynamic_lr) if dynamic_lr != 0 else None
+    dynamic = None
+    if dynamic_lr != 0:
+        out("dynamic evaluation" + (f" (learning rate chosen on validation among {', '.join(map(str, LEARNING_RATES))})"
+                                    if dynamic_lr == "auto" else "") + " ...")
+        dynamic = dynamic_evaluation(best_model, data, dynamic_lr)
     results = {
         "valid_bits": valid["bits_per_token"], "test_bits": test["bits_per_token"],
         "valid_perplexity": valid["perplexity"], "test_perplexity": test["perplexity"],
