@@ -387,10 +387,22 @@ def run_grid(args) -> list[dict]:
             log(f"{label}: " + " | ".join(
                 f"{m} " + " ".join(f"{c} {rows[-2 + i][c + '_ms']:.4g}" for c in ready) for i, m in enumerate(MODES))
                 + f" ms  ({time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f})")
+            if args.csv:  # after every configuration: an interrupted run keeps what it measured
+                write_csv(args.csv, rows)
     finally:
         for w in workers.values():
             w.close()
     return rows
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    """The rows measured so far as CSV, written to a temporary file and renamed over ``path``."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _fmt(v, ratio=False) -> str:
@@ -459,11 +471,7 @@ def main(argv=None) -> None:
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
           f"threads: {args.threads or 'default'}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
           f"{os.cpu_count()} CPUs", flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    if args.csv and rows:
         log(f"wrote {args.csv}")
 
 

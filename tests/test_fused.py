@@ -182,24 +182,29 @@ def test_higher_order_and_forward_mode_need_the_plain_path():
 
 
 def test_where_the_input_projection_runs():
-    """In the loop for a batch of gated cells with small input weights; hoisted for the cells with
-    one or two gate blocks, and for one sequence."""
-    for name in ("elman", "forget-elman", "mgu"):
-        assert not recurrax.fused.project_in_loop(make(name), B)
-        assert not recurrax.fused.project_in_loop(make(name), recurrax.fused.HOIST_BATCH)
-    for name in ("gru", "lstm"):
-        assert recurrax.fused.project_in_loop(make(name), B)
-        assert not recurrax.fused.project_in_loop(make(name), None)
+    """Hoisted for one sequence and small batches; in the loop for large batches; in between, in
+    the loop for GRU and LSTM with small input weights only."""
+    mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.HOIST_BATCH
+    for name in ("elman", "forget-elman", "mgu", "gru", "lstm"):
+        cell = make(name)
+        assert not recurrax.fused.project_in_loop(cell, None)
+        assert not recurrax.fused.project_in_loop(cell, 1)
+        assert not recurrax.fused.project_in_loop(cell, mid - 1)
+        assert recurrax.fused.project_in_loop(cell, large)
+        assert recurrax.fused.project_in_loop(cell, mid) == (name in ("gru", "lstm"))
+    big_inputs = recurrax.LSTM(512, 512, key=jax.random.key(0))  # 512 x 2048 input weights
+    assert not recurrax.fused.project_in_loop(big_inputs, mid)
+    assert recurrax.fused.project_in_loop(big_inputs, large)
 
 
-def test_hoisted_projection_under_vmap_equals_plain(monkeypatch):
-    """Large input weights and small batches hoist the input projection out of the loop."""
-    monkeypatch.setattr(recurrax.fused, "HOIST_SIZE", 0)
-    assert not recurrax.fused.project_in_loop(make("gru"), B)
-    assert recurrax.fused.project_in_loop(make("gru"), recurrax.fused.HOIST_BATCH)
-    assert not recurrax.fused.project_in_loop(make("gru"), None)  # one sequence, no vmap
-    v = variables("gru")
-    assert_fused_matches_plain(v, ((True, True),))
+@pytest.mark.parametrize("name", ["forget-elman", "gru", "lstm"])
+def test_projection_in_the_loop_under_vmap_equals_plain(monkeypatch, name):
+    """The tests' small batch hoists the projection; made to project in the loop, as large batches
+    do, the fused path still equals the plain loop."""
+    monkeypatch.setattr(recurrax.fused, "LOOP_MIN_BATCH", 1)
+    monkeypatch.setattr(recurrax.fused, "HOIST_BATCH", 1)
+    assert recurrax.fused.project_in_loop(make(name), B)
+    assert_fused_matches_plain(variables(name), ((True, True),))
 
 
 def test_long_sequences_are_rematerialised_by_default(monkeypatch):

@@ -105,8 +105,8 @@ class Rule(NamedTuple):
     * ``carriers(cell, prev_h, residuals) -> tuple``: the recurrent pre-activations' gradient carriers,
       ``A_k(θ, sg(U_k))`` over all steps, whose cotangents are ``gate_grads(dP, extra)``;
     * ``output(state)``: the step's output (the hidden state);
-    * ``in_loop``: whether a batch may compute its input projections inside the loop
-      (:func:`project_in_loop`); False: always hoisted.
+    * ``in_loop``: whether a mid-sized batch (32 to 127 sequences) may compute its input
+      projections inside the loop (:func:`project_in_loop`).
     """
 
     consts: Callable
@@ -364,8 +364,9 @@ def _shift_in(states, h0):
     return jax.tree_util.tree_map(lambda s, h: jnp.concatenate([h[None], s[:-1]]), states, h0)
 
 
-HOIST_SIZE = 2**18  # input size x gates above which a small batch hoists the input projection
-HOIST_BATCH = 128
+LOOP_MIN_BATCH = 32  # smaller batches (and one sequence) always hoist the input projection
+HOIST_BATCH = 128  # batches this large project in the loop, whatever the cell and its weights
+HOIST_SIZE = 2**18  # in between: input size x gates above which GRU and LSTM hoist
 
 
 def project_in_loop(cell: Cell, batch: int | None) -> bool:
@@ -377,19 +378,27 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
     T x B x gates is written, transposed from the batch-major layout ``vmap`` gives to the
     time-major layout the loop reads, and read back; hoisted, the product runs at full GEMM speed
     (and on every core of an idle machine: XLA runs a loop's body on one thread), and the input
-    weights are not streamed through the cache at every step. Measured on a 2-core CPU (LSTM,
-    T = 100..1000): in the loop is faster for B >= 4 when the input weights are small (128 inputs,
-    128 units: 1.2x in training) and for large batches (B = 256, H = 512: 1.1x in training);
-    hoisted for one sequence and for small batches with large input weights (B = 32, H = 512:
-    1.1-1.3x). The cells with one or two gate blocks (Elman, ForgetElman, MGU; ``Rule.in_loop``
-    False) always hoist: in the loop they were 1.2-1.3x slower in inference and no faster in
-    training (B = 32, T = 200, H = 128).
+    weights are not streamed through the cache at every step. Measured on a 2-core CPU
+    (T = 100..1000, H = input = 128 unless said, same process, medians):
+
+    * B < 32: hoisted wins in training. LSTM at B = 1: 2.7 against 20.7 ms forward, 7.3 against
+      25.4 ms training (T = 1000); at B = 2..16 hoisted trains LSTM and GRU 1.0-1.5x faster and runs
+      LSTM's forward 1.3-1.8x faster (GRU's forward alone is 1.2-1.5x faster in the loop at
+      B = 8..16).
+    * B = 32..127: in the loop wins for GRU and LSTM when the input weights are small (training
+      1.1x; GRU forward 1.7x), hoisted when they are large (B = 32, H = 512: 1.1-1.3x). Elman,
+      ForgetElman and MGU (``Rule.in_loop`` False) hoist: in the loop their forward was 1.2-1.3x
+      slower and their training no faster (B = 32, T = 200).
+    * B >= 128: in the loop wins for every cell (B = 256: LSTM, GRU forward 2.4-2.9x, training
+      1.2x; ForgetElman and MGU forward 1.6-1.8x, training equal; LSTM at H = 512: 1.1x).
     """
     rule = rule_for(cell)
-    if batch is None or rule is None or not rule.in_loop:
+    if batch is None or rule is None or batch < LOOP_MIN_BATCH:
         return False
+    if batch >= HOIST_BATCH:
+        return True
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
-    return cell.input_size * width <= HOIST_SIZE or batch >= HOIST_BATCH
+    return rule.in_loop and cell.input_size * width <= HOIST_SIZE
 
 
 def _loop(rule: Rule, unroll: int, in_loop: bool, cell: Cell, xs, h0, h_reset, starts, mask):
