@@ -184,7 +184,7 @@ def test_higher_order_and_forward_mode_need_the_plain_path():
 def test_where_the_input_projection_runs():
     """Hoisted for one sequence and small batches; in the loop for large batches; in between, in
     the loop for GRU and LSTM with small input weights only."""
-    mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.HOIST_BATCH
+    mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH
     for name in ("elman", "forget-elman", "mgu", "gru", "lstm"):
         cell = make(name)
         assert not recurrax.fused.project_in_loop(cell, None)
@@ -202,7 +202,7 @@ def test_projection_in_the_loop_under_vmap_equals_plain(monkeypatch, name):
     """The tests' small batch hoists the projection; made to project in the loop, as large batches
     do, the fused path still equals the plain loop."""
     monkeypatch.setattr(recurrax.fused, "LOOP_MIN_BATCH", 1)
-    monkeypatch.setattr(recurrax.fused, "HOIST_BATCH", 1)
+    monkeypatch.setattr(recurrax.fused, "LARGE_BATCH", 1)
     assert recurrax.fused.project_in_loop(make(name), B)
     assert_fused_matches_plain(variables(name), ((True, True),))
 

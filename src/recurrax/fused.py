@@ -365,7 +365,7 @@ def _shift_in(states, h0):
 
 
 LOOP_MIN_BATCH = 32  # smaller batches (and one sequence) always hoist the input projection
-HOIST_BATCH = 128  # batches this large project in the loop, whatever the cell and its weights
+LARGE_BATCH = 128  # batches this large project in the loop, whatever the cell and its weights
 HOIST_SIZE = 2**18  # in between: input size x gates above which GRU and LSTM hoist
 
 
@@ -395,7 +395,7 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
     rule = rule_for(cell)
     if batch is None or rule is None or batch < LOOP_MIN_BATCH:
         return False
-    if batch >= HOIST_BATCH:
+    if batch >= LARGE_BATCH:
         return True
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
     return rule.in_loop and cell.input_size * width <= HOIST_SIZE
