@@ -75,5 +75,10 @@ def evaluate_text(model, ids: np.ndarray, *, window: int = 1024) -> dict[str, fl
         mask = np.arange(window) < n
         nll, state = run(params, state, np.pad(inputs[:n], (0, pad)), np.pad(targets, (0, pad)), mask)
         total += float(nll)
-    nats = total / count
+    return text_scores(total / count)
+
+
+def text_scores(nats: float) -> dict[str, float]:
+    """A mean negative log-likelihood per token (nats) as ``valid_loss``, ``bits_per_token`` and
+    ``perplexity``, the keys every text evaluation returns."""
     return {"valid_loss": nats, "bits_per_token": nats / math.log(2), "perplexity": math.exp(nats)}

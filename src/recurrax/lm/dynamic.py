@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..train.losses import per_step_cross_entropy
+from .batches import text_scores
 
 DEFAULT_SEGMENT = 20
 # The learning rates tried on the validation text by :func:`tune_learning_rate` (0: static).
@@ -66,8 +67,7 @@ def evaluate_text_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay
     inputs, targets, mask = _segments(ids, segment)
     total = _dynamic_nll(static, params0, model.init_state(), inputs, targets, mask,
                          jnp.float32(learning_rate), jnp.float32(decay))
-    nats = float(total) / (len(ids) - 1)
-    return {"valid_loss": nats, "bits_per_token": nats / math.log(2), "perplexity": math.exp(nats),
+    return {**text_scores(float(total) / (len(ids) - 1)),
             "learning_rate": float(learning_rate), "decay": float(decay), "segment": int(segment)}
 
 
