@@ -32,6 +32,9 @@ def test_train_writes_a_complete_run(lm_run, capsys):
     dynamic = results["dynamic"]  # tuned on validation over a grid that includes 0 (static evaluation)
     assert dynamic["learning_rate"] in LEARNING_RATES
     assert dynamic["valid_bits"] <= results["valid_bits"] + 1e-6
+    memory = results["memory"]  # mixed into both, its weight tuned on validation over a grid that includes 0
+    assert memory["static"]["valid_bits"] <= results["valid_bits"] + 1e-6
+    assert memory["dynamic"]["valid_bits"] <= dynamic["valid_bits"] + 1e-6
 
 
 def test_generate_and_eval(lm_run, capsys):
@@ -43,6 +46,20 @@ def test_generate_and_eval(lm_run, capsys):
     assert "bits/character" in capsys.readouterr().out
     assert main(["eval", str(run), "--data", str(text), "--dynamic-lr", "0.3"]) == 0
     assert "dynamic evaluation (learning rate 0.3" in capsys.readouterr().out
+    assert main(["eval", str(run), "--data", str(text), "--memory"]) == 0
+    assert "with the memory of " in capsys.readouterr().out
+
+
+def test_eval_with_memory_needs_the_settings_the_run_tuned(lm_run, tmp_path, capsys):
+    import shutil
+
+    _, text, run = lm_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    results = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").write_text(json.dumps({**results, "memory": None}))
+    assert main(["eval", str(copy), "--data", str(text), "--memory"]) == 2
+    assert "no memory settings tuned for static evaluation" in capsys.readouterr().err
 
 
 def test_resume_continues_a_run(lm_run, tmp_path):

@@ -248,6 +248,16 @@ def test_training_shorter_than_order() -> None:
         assert np.all(np.isfinite(model.log_prob([1, 2])))
 
 
+def test_orders_beyond_the_longest_repeat_change_nothing() -> None:
+    # the training text has no 41-gram that occurs twice, no 51-gram at all: an order-80 model
+    # backs off exactly as an order-50 one (orders above 64 once failed inside NumPy's broadcast)
+    rng = np.random.default_rng(3)
+    train, held_out = rng.integers(0, 5, 50), rng.integers(0, 5, 30)
+    for smoothing in ("add-k", "kneser-ney"):
+        high = NGramModel.fit(train, 80, 5, smoothing).log_prob(held_out)  # type: ignore[arg-type]
+        np.testing.assert_allclose(high, NGramModel.fit(train, 50, 5, smoothing).log_prob(held_out))  # type: ignore[arg-type]
+
+
 def test_errors() -> None:
     with pytest.raises(ValueError, match="order"):
         NGramModel.fit([0, 1], 0, 2)
@@ -310,6 +320,16 @@ def test_report_table_and_best_row() -> None:
         best_row([])
     with pytest.raises(ValueError):
         format_table([])
+    # several named texts: each model fitted once, one row per text, the same numbers
+    named = ngram_report(data[:2500], {"a": data[2500:2700], "b": data[2700:]}, 10, 2)
+    assert [(r["split"], r["order"], r["smoothing"]) for r in named] == [
+        (t, o, s) for o in (1, 2) for s in SMOOTHINGS for t in ("a", "b")]
+    for r in named:
+        held = data[2500:2700] if r["split"] == "a" else data[2700:]
+        model = NGramModel.fit(data[:2500], r["order"], 10, r["smoothing"])
+        assert r["bits_per_token"] == pytest.approx(model.bits_per_token(held))
+    with pytest.raises(ValueError, match="eval ids 'b' are empty"):
+        ngram_report(data[:2500], {"a": data[2500:], "b": data[:0]}, 10, 2)
 
 
 def test_five_gram_on_a_million_tokens_is_fast() -> None:

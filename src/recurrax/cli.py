@@ -122,13 +122,18 @@ def _train_parser(sub) -> None:
     g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run (other options ignored)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("language model")
-    g.add_argument("--ngram-order", type=int, default=8, help="n-gram baselines up to this order (0: none)")
+    g.add_argument("--ngram-order", type=int, default=24,
+                   help="n-gram baselines up to this order (0: none); on the built-in corpus Kneser-Ney is best "
+                   "around order 24 [24]")
     g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
     g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
     g.add_argument("--dynamic-lr", type=_learning_rate_or_auto, default="auto",
                    help="also report dynamic evaluation (the model keeps learning from the text it scores) with this "
                    "SGD learning rate; 'auto' picks it on the validation split, 0 turns it off [auto]")
+    g.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="do not report the model with a nearest-neighbour memory of the training text (kNN-LM "
+                   "with a cache of the scored text) mixed in")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -215,22 +220,45 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .data.corpus import read_text
-    from .lm.batches import evaluate_text
+    from .lm.batches import text_scores, token_nll
 
-    model, vocab, _ = _load_run(args.run_dir)
+    model, vocab, config = _load_run(args.run_dir)
     ids = vocab.encode(read_text(args.data))
     if len(ids) < 2:
         raise UsageError(f"{args.data} has fewer than two tokens")
-    result = evaluate_text(model, ids)
     unit = "character" if vocab.level == "char" else "word"
-    print(f"{args.data}: {len(ids):,} {unit}s, {result['bits_per_token']:.4f} bits/{unit}, "
-          f"perplexity {result['perplexity']:.3f}")
-    if args.dynamic_lr:
-        from .lm.dynamic import evaluate_text_dynamic
 
-        result = evaluate_text_dynamic(model, ids, learning_rate=args.dynamic_lr)
-        print(f"dynamic evaluation (learning rate {args.dynamic_lr:g}, segments of {result['segment']}): "
-              f"{result['bits_per_token']:.4f} bits/{unit}, perplexity {result['perplexity']:.3f}")
+    def report(label: str, nll) -> None:
+        scores = text_scores(float(nll.mean()))
+        print(f"{label}{scores['bits_per_token']:.4f} bits/{unit}, perplexity {scores['perplexity']:.3f}")
+
+    nll = token_nll(model, ids)
+    report(f"{args.data}: {len(ids):,} {unit}s, ", nll)
+    if args.dynamic_lr:
+        from .lm.dynamic import DEFAULT_SEGMENT, token_nll_dynamic
+
+        nll = token_nll_dynamic(model, ids, learning_rate=args.dynamic_lr)
+        report(f"dynamic evaluation (learning rate {args.dynamic_lr:g}, segments of {DEFAULT_SEGMENT}): ", nll)
+    if args.memory:
+        import json
+
+        from .lm import memory as nn_memory
+        from .lm.job import RESULTS, load_text_data
+
+        kind = "dynamic" if args.dynamic_lr else "static"
+        results = args.run_dir / RESULTS
+        settings = (json.loads(results.read_text()).get("memory") or {}).get(kind) if results.exists() else None
+        if not settings:
+            raise UsageError(f"{args.run_dir} has no memory settings tuned for {kind} evaluation in {RESULTS} "
+                             f"(the run finished without its memory evaluation)")
+        options = config["options"]
+        train = load_text_data(options["data"], level=options["level"], min_count=options["min_count"],
+                               vocab=vocab).ids["train"]
+        memory = nn_memory.build_memory(model, train)
+        distances, values = nn_memory.text_neighbours(model, memory, ids)
+        p = nn_memory.memory_probability(distances, values, ids[1:], settings["temperature"])
+        report(f"with the memory of {len(memory):,} training positions (weight {settings['weight']:g}, "
+               f"temperature {settings['temperature']:g}): ", nn_memory.mixed_nll(nll, p, settings["weight"]))
 
 
 def _cmd_ngram(args: argparse.Namespace) -> None:
@@ -308,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-lr", type=_positive(float),
                    help="also report dynamic evaluation with this SGD learning rate (results.json of a run gives "
                    "the one tuned on its validation split)")
+    p.add_argument("--memory", action="store_true",
+                   help="also report the model with the nearest-neighbour memory of its training text mixed in, "
+                   "with the weight and temperature the run tuned on its validation split")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ngram", help="n-gram language models: perplexity for each order and smoothing",

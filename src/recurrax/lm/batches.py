@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..train.losses import per_step_cross_entropy
 
 
 class ContiguousBatches:
@@ -50,10 +49,16 @@ class ContiguousBatches:
 
 
 def evaluate_text(model, ids: np.ndarray, *, window: int = 1024) -> dict[str, float]:
-    """Mean negative log-likelihood (nats) and bits per token of ``ids[1:]`` given the preceding ids.
+    """Mean negative log-likelihood (nats) and bits per token of ``ids[1:]`` given the preceding ids,
+    the state carried across the whole text (:func:`token_nll`)."""
+    return text_scores(float(np.mean(token_nll(model, ids, window=window))))
+
+
+def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
+    """−log P(w_{t+1} | w_1..w_t) in nats for every token of ``ids[1:]``: shape (len(ids) − 1,).
 
     One stream with the state carried across the whole text, processed ``window`` tokens at a time
-    (one compiled function; the last window is padded and masked).
+    (one compiled function; the last window is padded).
     """
     ids = np.asarray(ids, np.int32)
     if len(ids) < 2:
@@ -62,20 +67,20 @@ def evaluate_text(model, ids: np.ndarray, *, window: int = 1024) -> dict[str, fl
 
     @jax.jit
     def run(params, state, inputs, targets, mask):
-        m = eqx.combine(params, static)
-        logits, state = m(inputs, state, mask=mask, return_state=True)
-        return per_step_cross_entropy(logits, targets, mask, reduce="sum"), state
+        logits, state = eqx.combine(params, static)(inputs, state, mask=mask, return_state=True)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=-1)[:, 0], state
 
     state = model.init_state()
-    total, count = 0.0, len(ids) - 1
+    count = len(ids) - 1
+    pieces = []
     for lo in range(0, count, window):
         inputs, targets = ids[lo : lo + window], ids[lo + 1 : lo + window + 1]
         n = len(targets)
         pad = window - n
-        mask = np.arange(window) < n
-        nll, state = run(params, state, np.pad(inputs[:n], (0, pad)), np.pad(targets, (0, pad)), mask)
-        total += float(nll)
-    return text_scores(total / count)
+        nll, state = run(params, state, np.pad(inputs[:n], (0, pad)), np.pad(targets, (0, pad)),
+                         np.arange(window) < n)
+        pieces.append(np.asarray(nll)[:n])
+    return np.concatenate(pieces).astype(np.float64)
 
 
 def text_scores(nats: float) -> dict[str, float]:

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..train.losses import per_step_cross_entropy
 from .batches import text_scores
 
 DEFAULT_SEGMENT = 20
@@ -54,6 +53,15 @@ def evaluate_text_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay
     its numbers, the state carried across the whole text), plus the settings used. The model
     passed in is not changed.
     """
+    nll = token_nll_dynamic(model, ids, learning_rate=learning_rate, decay=decay, segment=segment)
+    return {**text_scores(float(np.mean(nll))),
+            "learning_rate": float(learning_rate), "decay": float(decay), "segment": int(segment)}
+
+
+def token_nll_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay: float = 0.0,
+                      segment: int = DEFAULT_SEGMENT) -> np.ndarray:
+    """−log P(w_{t+1} | w_1..w_t) in nats for every token of ``ids[1:]`` under dynamic evaluation,
+    shape (len(ids) − 1,), like :func:`~recurrax.lm.batches.token_nll`."""
     ids = np.asarray(ids, np.int32)
     if len(ids) < 2:
         raise ValueError("evaluation needs a text of at least two tokens")
@@ -65,24 +73,25 @@ def evaluate_text_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay
         raise ValueError(f"segment must be a positive number of tokens, got {segment}")
     params0, static = eqx.partition(model, eqx.is_inexact_array)
     inputs, targets, mask = _segments(ids, segment)
-    total = _dynamic_nll(static, params0, model.init_state(), inputs, targets, mask,
-                         jnp.float32(learning_rate), jnp.float32(decay))
-    return {**text_scores(float(total) / (len(ids) - 1)),
-            "learning_rate": float(learning_rate), "decay": float(decay), "segment": int(segment)}
+    nll = _dynamic_nll(static, params0, model.init_state(), inputs, targets, mask,
+                       jnp.float32(learning_rate), jnp.float32(decay))
+    return np.asarray(nll, np.float64).reshape(-1)[: len(ids) - 1]
 
 
 @eqx.filter_jit
 def _dynamic_nll(static, params0, state0, inputs, targets, mask, learning_rate, decay):
-    """The summed negative log-likelihood (nats) of all segments, each scored before its step."""
+    """The negative log-likelihood (nats) of every token, (segments, segment), each segment scored
+    before its step."""
 
     def segment_nll(params, state, x, y, m):
         logits, state = eqx.combine(params, static)(x, state, mask=m, return_state=True)
-        return per_step_cross_entropy(logits, y, m, reduce="sum"), state
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0] * m
+        return jnp.sum(nll), (state, nll)
 
     def body(carry, seg):
         params, state = carry
         x, y, m = seg
-        (nll, state), grads = jax.value_and_grad(segment_nll, has_aux=True)(params, state, x, y, m)
+        (_, (state, nll)), grads = jax.value_and_grad(segment_nll, has_aux=True)(params, state, x, y, m)
         n = jnp.maximum(jnp.sum(m), 1)
         params = jax.tree_util.tree_map(
             lambda p, g, p0: p - learning_rate * g / n + decay * (p0 - p), params, grads, params0
@@ -90,7 +99,7 @@ def _dynamic_nll(static, params0, state0, inputs, targets, mask, learning_rate, 
         return (params, state), nll
 
     _, nlls = jax.lax.scan(body, (params0, state0), (inputs, targets, mask))
-    return jnp.sum(nlls)
+    return nlls
 
 
 def tune_learning_rate(model, ids: np.ndarray, *, learning_rates: Sequence[float] = LEARNING_RATES,
@@ -104,4 +113,4 @@ def tune_learning_rate(model, ids: np.ndarray, *, learning_rates: Sequence[float
     return min(finite, key=lambda r: r["bits_per_token"])["learning_rate"], tried
 
 
-__all__ = ["DEFAULT_SEGMENT", "LEARNING_RATES", "evaluate_text_dynamic", "tune_learning_rate"]
+__all__ = ["DEFAULT_SEGMENT", "LEARNING_RATES", "evaluate_text_dynamic", "token_nll_dynamic", "tune_learning_rate"]

@@ -1,4 +1,5 @@
-"""The language-modelling job: corpus → vocabulary → n-gram baselines → RNN LM → bits per token → sample.
+"""The language-modelling job: corpus → vocabulary → n-gram baselines → RNN LM → bits per token (static,
+dynamic, with a nearest-neighbour memory) → sample.
 
 Used by ``recurrax train`` (task ``text``), ``recurrax eval`` and ``recurrax generate``; every
 function takes plain options so the job also runs from Python.
@@ -17,8 +18,9 @@ import numpy as np
 from ..data.corpus import Corpus, builtin_corpus, load_text_file
 from ..train import checkpoint, run_dir as runs
 from ..train.trainer import TrainConfig, fit
-from .batches import ContiguousBatches, evaluate_text
-from .dynamic import LEARNING_RATES, evaluate_text_dynamic, tune_learning_rate
+from . import memory as nn_memory
+from .batches import ContiguousBatches, evaluate_text, text_scores, token_nll
+from .dynamic import DEFAULT_SEGMENT, LEARNING_RATES, token_nll_dynamic, tune_learning_rate
 from .generate import generate
 from .model import LanguageModel
 from .ngram import SMOOTHINGS, best_row, ngram_report
@@ -53,9 +55,11 @@ def load_text_data(data: str | None = None, *, level: str = "char", min_count: i
     return TextData(corpus, vocab, ids)
 
 
-def ngram_baselines(data: TextData, max_order: int, split: str = "test") -> list[dict[str, Any]]:
-    """Perplexity and bits per token on ``split`` for n-gram orders 1..max_order and every smoothing."""
-    return ngram_report(data.ids["train"], data.ids[split], len(data.vocab), max_order, SMOOTHINGS)
+def ngram_baselines(data: TextData, max_order: int) -> list[dict[str, Any]]:
+    """Perplexity and bits per token on the validation and test splits (``split``) for n-gram
+    orders 1..max_order and every smoothing, each model fitted once on the training split."""
+    return ngram_report(data.ids["train"], {"valid": data.ids["valid"], "test": data.ids["test"]}, len(data.vocab),
+                        max_order, SMOOTHINGS)
 
 
 def build_model(options: dict, vocab_size: int) -> LanguageModel:
@@ -105,9 +109,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     baselines = []
     if options["ngram_order"]:
         t0 = time.perf_counter()
-        for split in ("valid", "test"):
-            for row in ngram_baselines(data, options["ngram_order"], split):
-                baselines.append({"split": split, **row})
+        baselines = ngram_baselines(data, options["ngram_order"])
         best = {s: best_row([r for r in baselines if r["split"] == s]) for s in ("valid", "test")}
         out(f"n-gram baselines (orders 1..{options['ngram_order']}, {time.perf_counter() - t0:.1f}s): best on test "
             f"{best['test']['order']}-gram {best['test']['smoothing']} {best['test']['bits_per_token']:.4f} bits/{unit}")
@@ -124,19 +126,23 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     )
     train_seconds = time.perf_counter() - t_train
     best_model = result.best_model
-    valid = evaluate_text(best_model, data.ids["valid"])
-    test = evaluate_text(best_model, data.ids["test"])
+    static_nll = {split: token_nll(best_model, data.ids[split]) for split in ("valid", "test")}
+    valid, test = (text_scores(float(np.mean(static_nll[split]))) for split in ("valid", "test"))
     tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
-    dynamic_lr = options.get("dynamic_lr", "auto")  # runs saved before dynamic evaluation existed: "auto"
-    dynamic = None
+    # runs saved before dynamic evaluation and the memory existed get them too
+    dynamic_lr = options.get("dynamic_lr", "auto")
+    dynamic = memory = None
+    evaluated = {"static": static_nll}
     if dynamic_lr != 0:
         out("dynamic evaluation" + (f" (learning rate chosen on validation among {', '.join(map(str, LEARNING_RATES))})"
                                     if dynamic_lr == "auto" else "") + " ...")
-        dynamic = dynamic_evaluation(best_model, data, dynamic_lr)
+        dynamic, evaluated["dynamic"] = dynamic_evaluation(best_model, data, dynamic_lr)
+    if options.get("memory", True):
+        memory = memory_evaluation(best_model, data, evaluated, out)
     results = {
         "valid_bits": valid["bits_per_token"], "test_bits": test["bits_per_token"],
         "valid_perplexity": valid["perplexity"], "test_perplexity": test["perplexity"],
-        "dynamic": dynamic,
+        "dynamic": dynamic, "memory": memory,
         "unit": unit, "steps": result.step, "stopped_early": result.stopped_early,
         "train_seconds": train_seconds, "tokens_per_second": tokens_trained / train_seconds,
         "total_seconds": time.perf_counter() - started, "ngram": baselines,
@@ -151,20 +157,57 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     return results
 
 
-def dynamic_evaluation(model: LanguageModel, data: TextData, learning_rate: float | str) -> dict[str, float]:
-    """Validation and test bits under dynamic evaluation (:mod:`recurrax.lm.dynamic`).
+def dynamic_evaluation(model: LanguageModel, data: TextData, learning_rate: float | str
+                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Validation and test bits under dynamic evaluation (:mod:`recurrax.lm.dynamic`), and the
+    negative log-likelihood of every token of each split.
 
     ``learning_rate="auto"`` picks it on the validation text (the test text is never used to choose).
     """
     t0 = time.perf_counter()
     if learning_rate == "auto":
-        learning_rate, tried = tune_learning_rate(model, data.ids["valid"])
-        valid = next(r for r in tried if r["learning_rate"] == learning_rate)
-    else:
-        valid = evaluate_text_dynamic(model, data.ids["valid"], learning_rate=float(learning_rate))
-    test = evaluate_text_dynamic(model, data.ids["test"], learning_rate=float(learning_rate))
-    return {"learning_rate": float(learning_rate), "segment": test["segment"], "valid_bits": valid["bits_per_token"],
-            "test_bits": test["bits_per_token"], "seconds": time.perf_counter() - t0}
+        learning_rate, _ = tune_learning_rate(model, data.ids["valid"])
+    nll = {split: token_nll_dynamic(model, data.ids[split], learning_rate=float(learning_rate))
+           for split in ("valid", "test")}
+    bits = {split: text_scores(float(np.mean(nll[split])))["bits_per_token"] for split in nll}
+    return {"learning_rate": float(learning_rate), "segment": DEFAULT_SEGMENT, "valid_bits": bits["valid"],
+            "test_bits": bits["test"], "seconds": time.perf_counter() - t0}, nll
+
+
+# The memory's keys take len(train) x hidden x 4 bytes; beyond this the job leaves the memory out.
+MEMORY_LIMIT_BYTES = 2 * 2**30
+
+
+def memory_evaluation(model: LanguageModel, data: TextData, evaluated: dict[str, dict[str, np.ndarray]],
+                      out: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Validation and test bits with the nearest-neighbour memory of the training text
+    (:mod:`recurrax.lm.memory`) mixed into each of the ``evaluated`` predictions (name → split →
+    negative log-likelihood of every token), its weight and temperature chosen on validation.
+
+    ``None`` (and a message) when the training text is too long for the memory to fit in
+    ``MEMORY_LIMIT_BYTES``.
+    """
+    t0 = time.perf_counter()
+    size = (len(data.ids["train"]) - 1) * model.stack.output_size * 4
+    if size > MEMORY_LIMIT_BYTES:
+        out(f"nearest-neighbour memory left out: the training text's keys would take {size / 2**30:.1f} GiB "
+            f"(more than {MEMORY_LIMIT_BYTES / 2**30:g}); --no-memory skips it silently")
+        return None
+    out(f"nearest-neighbour memory of the {len(data.ids['train']) - 1:,} training positions ...")
+    memory = nn_memory.build_memory(model, data.ids["train"])
+    found = {split: nn_memory.text_neighbours(model, memory, data.ids[split]) for split in ("valid", "test")}
+    targets = {split: data.ids[split][1:] for split in found}
+    results: dict[str, Any] = {"neighbours": nn_memory.DEFAULT_NEIGHBOURS}
+    for name, nll in evaluated.items():
+        weight, temperature = nn_memory.tune(nll["valid"], *found["valid"], targets["valid"])
+        bits = {}
+        for split, (distances, values) in found.items():
+            p = nn_memory.memory_probability(distances, values, targets[split], temperature)
+            bits[split] = text_scores(float(np.mean(nn_memory.mixed_nll(nll[split], p, weight))))["bits_per_token"]
+        results[name] = {"weight": weight, "temperature": temperature, "valid_bits": bits["valid"],
+                         "test_bits": bits["test"]}
+    results["seconds"] = time.perf_counter() - t0
+    return results
 
 
 def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str], None]) -> None:
@@ -174,6 +217,12 @@ def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str]
     if dynamic:
         out(f"RNN LM, dynamic evaluation (learning rate {dynamic['learning_rate']:g}, segments of {dynamic['segment']}): "
             f"valid {dynamic['valid_bits']:.4f}, test {dynamic['test_bits']:.4f} bits/{unit}")
+    memory = results.get("memory")
+    for name, label in (("static", "RNN LM"), ("dynamic", "RNN LM, dynamic evaluation")):
+        if memory and name in memory:
+            m = memory[name]
+            out(f"{label} + memory (weight {m['weight']:g}, temperature {m['temperature']:g}): "
+                f"valid {m['valid_bits']:.4f}, test {m['test_bits']:.4f} bits/{unit}")
     for split in ("valid", "test"):
         rows = [r for r in baselines if r["split"] == split]
         if rows:

@@ -85,6 +85,11 @@ class LanguageModel(eqx.Module):
             raise TypeError(f"a language model reads integer token ids, got dtype {tokens.dtype}")
         return self.embedding[tokens]
 
+    def hidden(self, tokens, state=None) -> tuple[jax.Array, Any]:
+        """``hs, final_state = lm.hidden(tokens, state)``: the top layer's outputs h_t (T, H) that
+        the softmax reads, without dropout, and the state after the last token."""
+        return self.stack(self._embed(tokens), state, return_state=True)
+
     def __call__(self, tokens, state=None, *, starts=None, mask=None, reset_state=None, key=None,
                  return_state: bool = False):
         tokens = jnp.asarray(tokens)

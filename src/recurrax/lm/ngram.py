@@ -246,7 +246,7 @@ class NGramModel:
         order-(m-1) table (-1 if unseen or unavailable), ``history`` the number
         of context tokens available; all broadcast against ``words``.
         """
-        shape = np.broadcast(words, history, *contexts).shape
+        shape = np.broadcast_shapes(np.shape(words), np.shape(history), *(np.shape(c) for c in contexts))
         p = np.full(shape, 1.0 / self.vocab_size)
         for m, (level, ctx) in enumerate(zip(self._levels, contexts), start=1):
             ctx = np.broadcast_to(ctx, shape)
@@ -331,7 +331,7 @@ class NGramModel:
 
 def ngram_report(
     train_ids: Sequence[int] | np.ndarray,
-    eval_ids: Sequence[int] | np.ndarray,
+    eval_ids: Sequence[int] | np.ndarray | Mapping[str, Sequence[int] | np.ndarray],
     vocab_size: int,
     max_order: int,
     smoothings: Sequence[str] = SMOOTHINGS,
@@ -341,26 +341,34 @@ def ngram_report(
 
     Returns one row per model: ``order``, ``smoothing``, ``perplexity``,
     ``bits_per_token`` and ``seconds`` (wall time to fit and evaluate it).
+    ``eval_ids`` may name several texts (``{"valid": ..., "test": ...}``): each
+    model is fitted once and scored on each, one row per text with its name
+    as ``split``.
     """
     max_order = _positive_int(max_order, "max_order")
-    eval_arr = _as_ids(eval_ids, vocab_size, "eval ids")
-    if eval_arr.size == 0:
-        raise ValueError("eval ids are empty")
+    named = isinstance(eval_ids, Mapping)
+    texts = {name: _as_ids(ids, vocab_size, f"eval ids {name!r}" if named else "eval ids")
+             for name, ids in (eval_ids.items() if named else [(None, eval_ids)])}
+    for name, arr in texts.items():
+        if arr.size == 0:
+            raise ValueError(f"eval ids {name!r} are empty" if named else "eval ids are empty")
     rows = []
     for order in range(1, max_order + 1):
         for smoothing in smoothings:
             start = time.perf_counter()
             model = NGramModel.fit(train_ids, order, vocab_size, smoothing, k)  # type: ignore[arg-type]
-            nll = model._mean_nll(eval_arr)
-            rows.append(
-                {
-                    "order": order,
-                    "smoothing": smoothing,
-                    "perplexity": _perplexity(nll),
-                    "bits_per_token": nll / math.log(2),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+            for name, arr in texts.items():
+                nll = model._mean_nll(arr)
+                rows.append(
+                    {
+                        **({"split": name} if named else {}),
+                        "order": order,
+                        "smoothing": smoothing,
+                        "perplexity": _perplexity(nll),
+                        "bits_per_token": nll / math.log(2),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
     return rows
 
 
