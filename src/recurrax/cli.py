@@ -71,6 +71,16 @@ def _learning_rate_or_auto(text: str):
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except on on/off flags, options without one, and where the
+    help already gives it in [brackets]."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or (action.help or "").rstrip().endswith("]"):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -78,7 +88,7 @@ def _train_parser(sub) -> None:
         description="Train a recurrent model. With no arguments: a character-level LSTM language model on the "
         "built-in corpus (CPython's documentation text), compared with n-gram baselines. With --task: a synthetic "
         "sequence task. Task-dependent defaults are shown as 'text / tasks'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument("--task", choices=TASK_CHOICES, default="text", help="what to learn: 'text' is language modelling")
@@ -124,7 +134,7 @@ def _train_parser(sub) -> None:
     g = p.add_argument_group("language model")
     g.add_argument("--ngram-order", type=int, default=24,
                    help="n-gram baselines up to this order (0: none); on the built-in corpus Kneser-Ney is best "
-                   "around order 24 [24]")
+                   "around order 24")
     g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
     g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
@@ -320,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["train"].set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="generate text from a trained language model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--prompt", default="The ", help="text the model is primed with")
     p.add_argument("--length", type=int, default=400, help="tokens to generate")
@@ -342,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ngram", help="n-gram language models: perplexity for each order and smoothing",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--order", type=_positive(int), default=5, help="largest n")
     p.add_argument("--data", metavar="FILE", help="text file (split 90/5/5); default: built-in corpus")
     p.add_argument("--level", choices=("char", "word"), default="char")
@@ -351,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ngram)
 
     p = sub.add_parser("gradients", help="gradient flow through time: ||dL_T/dh_t|| for several cells",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--cells", default="elman,lstm,gru,mgu", help="comma-separated cells")
     p.add_argument("--length", type=_positive(int), default=200)
     p.add_argument("--hidden", type=_positive(int), default=64)
@@ -369,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with a plot of each pair's test predictions. Forecasting tasks report MAE/RMSE/MASE beside "
                        "naive, seasonal-naive and linear AR baselines; 'numbers' trains an encoder-decoder and "
                        "reports greedy and beam-search exact match.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated tasks from: {', '.join(TASKS)}")
     p.add_argument("--cells", default=",".join(DEFAULT_CELLS), help=f"comma-separated cells from: {', '.join(CELLS)}")
     p.add_argument("--steps", type=_positive(int), default=500, help="optimiser steps per run (the budget)")
