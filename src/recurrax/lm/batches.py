@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-
 class ContiguousBatches:
     """``batch(epoch, i)``: inputs and targets (B, k) from B streams of one text, windows in order."""
 

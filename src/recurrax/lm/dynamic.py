@@ -105,8 +105,13 @@ def _dynamic_nll(static, params0, state0, inputs, targets, mask, learning_rate, 
 def tune_learning_rate(model, ids: np.ndarray, *, learning_rates: Sequence[float] = LEARNING_RATES,
                        decay: float = 0.0, segment: int = DEFAULT_SEGMENT) -> tuple[float, list[dict[str, float]]]:
     """The learning rate of ``learning_rates`` with the fewest bits per token on ``ids`` (a
-    validation text, never the test text), and every result tried, in order."""
-    tried = [evaluate_text_dynamic(model, ids, learning_rate=lr, decay=decay, segment=segment) for lr in learning_rates]
+    validation text, never the test text), and every result tried, in order: the keys of
+    :func:`evaluate_text_dynamic` and each token's negative log-likelihood as ``token_nll``."""
+    tried = []
+    for lr in learning_rates:
+        nll = token_nll_dynamic(model, ids, learning_rate=lr, decay=decay, segment=segment)
+        tried.append({**text_scores(float(np.mean(nll))), "learning_rate": float(lr), "decay": float(decay),
+                      "segment": int(segment), "token_nll": nll})
     finite = [r for r in tried if math.isfinite(r["bits_per_token"])]
     if not finite:
         raise FloatingPointError("dynamic evaluation diverged at every learning rate tried")

@@ -56,8 +56,9 @@ def load_text_data(data: str | None = None, *, level: str = "char", min_count: i
 
 
 def ngram_baselines(data: TextData, max_order: int) -> list[dict[str, Any]]:
-    """Perplexity and bits per token on the validation and test splits (``split``) for n-gram
-    orders 1..max_order and every smoothing, each model fitted once on the training split."""
+    """Perplexity and bits per token of n-gram orders 1..max_order with every smoothing, each
+    model fitted once on the training split and scored on the validation and test splits (one
+    row per split, named by ``split``)."""
     return ngram_report(data.ids["train"], {"valid": data.ids["valid"], "test": data.ids["test"]}, len(data.vocab),
                         max_order, SMOOTHINGS)
 
@@ -166,9 +167,11 @@ def dynamic_evaluation(model: LanguageModel, data: TextData, learning_rate: floa
     """
     t0 = time.perf_counter()
     if learning_rate == "auto":
-        learning_rate, _ = tune_learning_rate(model, data.ids["valid"])
-    nll = {split: token_nll_dynamic(model, data.ids[split], learning_rate=float(learning_rate))
-           for split in ("valid", "test")}
+        learning_rate, tried = tune_learning_rate(model, data.ids["valid"])
+        valid = next(r for r in tried if r["learning_rate"] == learning_rate)["token_nll"]
+    else:
+        valid = token_nll_dynamic(model, data.ids["valid"], learning_rate=float(learning_rate))
+    nll = {"valid": valid, "test": token_nll_dynamic(model, data.ids["test"], learning_rate=float(learning_rate))}
     bits = {split: text_scores(float(np.mean(nll[split])))["bits_per_token"] for split in nll}
     return {"learning_rate": float(learning_rate), "segment": DEFAULT_SEGMENT, "valid_bits": bits["valid"],
             "test_bits": bits["test"], "seconds": time.perf_counter() - t0}, nll
