@@ -134,3 +134,15 @@ def test_task_training_from_the_command_line(tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["task"] == "adding" and results["steps"] == 6 and results["baseline_metric"] == pytest.approx(1 / 6)
+
+
+def test_default_warmup_fits_a_short_run():
+    from recurrax.cli import _options, build_parser
+
+    def warmup(*args):
+        return _options(build_parser().parse_args(["train", *args]))["warmup"]
+
+    assert warmup() == 100                          # the main job's 2,200 steps
+    assert warmup("--steps", "60") == 6             # a tenth of a short run, not an error
+    assert warmup("--steps", "60", "--warmup", "0") == 0
+    assert warmup("--task", "adding", "--steps", "60") == 0

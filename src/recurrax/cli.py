@@ -120,7 +120,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--lr", type=_positive(float), help=f"learning rate {_defaults('lr')}")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="Optax optimiser")
     g.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule {_defaults('schedule')}")
-    g.add_argument("--warmup", type=int, help=f"linear warmup steps {_defaults('warmup')}")
+    g.add_argument("--warmup", type=int,
+                   help=f"linear warmup steps {_defaults('warmup')}, at most a tenth of --steps unless given")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
     g.add_argument("--eval-every", type=_positive(int), help=f"evaluate and checkpoint every N steps {_defaults('eval_every')}")
@@ -153,6 +154,8 @@ def _options(args: argparse.Namespace) -> dict:
     for key, value in defaults.items():
         if options.get(key) is None:
             options[key] = value
+    if args.warmup is None:  # the default warm-up never takes more than a tenth of a short run
+        options["warmup"] = min(options["warmup"], options["steps"] // 10)
     task_options = dict(args.option)
     if args.length is not None:
         task_options["length"] = args.length
