@@ -32,8 +32,9 @@ import jax
 import numpy as np
 
 DEFAULT_NEIGHBOURS = 64
-# At most this many query-candidate distances are held at once (256 MB in float32).
-BLOCK_ELEMENTS = 2**26
+# At most this many query-candidate distances are held at once (16 MB in float32): searching the
+# built-in corpus's validation text took 4.0 s in such blocks, 7.9 s (and 1 GB more) in blocks of 2**26.
+BLOCK_ELEMENTS = 2**22
 # The memory weights λ (0: the model alone) and temperatures τ tried on the validation text by :func:`tune`.
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
