@@ -242,7 +242,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     unit = "character" if vocab.level == "char" else "word"
 
     def report(label: str, nll) -> None:
-        scores = text_scores(float(nll.mean()))
+        scores = text_scores(nll)
         print(f"{label}{scores['bits_per_token']:.4f} bits/{unit}, perplexity {scores['perplexity']:.3f}")
 
     nll = token_nll(model, ids)

@@ -50,7 +50,7 @@ class ContiguousBatches:
 def evaluate_text(model, ids: np.ndarray, *, window: int = 1024) -> dict[str, float]:
     """Mean negative log-likelihood (nats) and bits per token of ``ids[1:]`` given the preceding ids,
     the state carried across the whole text (:func:`token_nll`)."""
-    return text_scores(float(np.mean(token_nll(model, ids, window=window))))
+    return text_scores(token_nll(model, ids, window=window))
 
 
 def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
@@ -82,7 +82,8 @@ def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
     return np.concatenate(pieces).astype(np.float64)
 
 
-def text_scores(nats: float) -> dict[str, float]:
-    """A mean negative log-likelihood per token (nats) as ``valid_loss``, ``bits_per_token`` and
-    ``perplexity``, the keys every text evaluation returns."""
+def text_scores(nll: np.ndarray) -> dict[str, float]:
+    """Every token's negative log-likelihood (nats) as its mean ``valid_loss``, ``bits_per_token``
+    and ``perplexity``, the keys every text evaluation returns."""
+    nats = float(np.mean(nll))
     return {"valid_loss": nats, "bits_per_token": nats / math.log(2), "perplexity": math.exp(nats)}

@@ -54,8 +54,12 @@ def evaluate_text_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay
     passed in is not changed.
     """
     nll = token_nll_dynamic(model, ids, learning_rate=learning_rate, decay=decay, segment=segment)
-    return {**text_scores(float(np.mean(nll))),
-            "learning_rate": float(learning_rate), "decay": float(decay), "segment": int(segment)}
+    return _scores(nll, learning_rate, decay, segment)
+
+
+def _scores(nll: np.ndarray, learning_rate: float, decay: float, segment: int) -> dict[str, float]:
+    """:func:`~recurrax.lm.batches.text_scores` of every token's score, with the settings used."""
+    return {**text_scores(nll), "learning_rate": float(learning_rate), "decay": float(decay), "segment": int(segment)}
 
 
 def token_nll_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay: float = 0.0,
@@ -110,8 +114,7 @@ def tune_learning_rate(model, ids: np.ndarray, *, learning_rates: Sequence[float
     tried = []
     for lr in learning_rates:
         nll = token_nll_dynamic(model, ids, learning_rate=lr, decay=decay, segment=segment)
-        tried.append({**text_scores(float(np.mean(nll))), "learning_rate": float(lr), "decay": float(decay),
-                      "segment": int(segment), "token_nll": nll})
+        tried.append({**_scores(nll, lr, decay, segment), "token_nll": nll})
     finite = [r for r in tried if math.isfinite(r["bits_per_token"])]
     if not finite:
         raise FloatingPointError("dynamic evaluation diverged at every learning rate tried")

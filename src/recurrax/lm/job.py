@@ -128,7 +128,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     train_seconds = time.perf_counter() - t_train
     best_model = result.best_model
     static_nll = {split: token_nll(best_model, data.ids[split]) for split in ("valid", "test")}
-    valid, test = (text_scores(float(np.mean(static_nll[split]))) for split in ("valid", "test"))
+    valid, test = (text_scores(static_nll[split]) for split in ("valid", "test"))
     tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
     # runs saved before dynamic evaluation and the memory existed get them too
     dynamic_lr = options.get("dynamic_lr", "auto")
@@ -172,7 +172,7 @@ def dynamic_evaluation(model: LanguageModel, data: TextData, learning_rate: floa
     else:
         valid = token_nll_dynamic(model, data.ids["valid"], learning_rate=float(learning_rate))
     nll = {"valid": valid, "test": token_nll_dynamic(model, data.ids["test"], learning_rate=float(learning_rate))}
-    bits = {split: text_scores(float(np.mean(nll[split])))["bits_per_token"] for split in nll}
+    bits = {split: text_scores(nll[split])["bits_per_token"] for split in nll}
     return {"learning_rate": float(learning_rate), "segment": DEFAULT_SEGMENT, "valid_bits": bits["valid"],
             "test_bits": bits["test"], "seconds": time.perf_counter() - t0}, nll
 
@@ -206,7 +206,7 @@ def memory_evaluation(model: LanguageModel, data: TextData, evaluated: dict[str,
         bits = {}
         for split, (distances, values) in found.items():
             p = nn_memory.memory_probability(distances, values, targets[split], temperature)
-            bits[split] = text_scores(float(np.mean(nn_memory.mixed_nll(nll[split], p, weight))))["bits_per_token"]
+            bits[split] = text_scores(nn_memory.mixed_nll(nll[split], p, weight))["bits_per_token"]
         results[name] = {"weight": weight, "temperature": temperature, "valid_bits": bits["valid"],
                          "test_bits": bits["test"]}
     results["seconds"] = time.perf_counter() - t0
