@@ -290,8 +290,8 @@ def worker(contender: str, threads: int | None, scan: str) -> None:
 
 
 class Worker:
-    def __init__(self, contender: str, threads: int | None, scan: str):
-        self.contender, self.threads, self.scan = contender, threads, scan
+    def __init__(self, contender: str, threads: int | None, scan: str, env: dict[str, str]):
+        self.contender, self.threads, self.scan, self.env = contender, threads, scan, env
         self.proc = None
 
     def send(self, **cmd) -> None:
@@ -300,7 +300,7 @@ class Worker:
             if self.threads:
                 args += ["--threads", str(self.threads)]
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
         try:
             self.proc.stdin.write(json.dumps(cmd) + "\n")
             self.proc.stdin.flush()
@@ -335,9 +335,20 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def malloc_environment(mode: str) -> dict[str, str]:
+    """The environment that gives every contender's process glibc's default allocator, or one that keeps
+    freed memory (the settings of :func:`recurrax.allocator.retain_freed_memory`)."""
+    if mode == "default":
+        return {}
+    from recurrax.allocator import ENVIRONMENT
+
+    return dict(ENVIRONMENT)
+
+
 def run_grid(args) -> list[dict]:
     contenders = [c for c in args.contenders if c != "torch" or torch_available()]
-    workers = {c: Worker(c, args.threads, args.scan) for c in contenders}
+    env = malloc_environment(args.malloc)
+    workers = {c: Worker(c, args.threads, args.scan, env) for c in contenders}
     configs = list(itertools.product(args.cells, args.batch, args.length, args.hidden))
     rows, t0 = [], time.perf_counter()
     try:
@@ -447,6 +458,9 @@ def main(argv=None) -> None:
     p.add_argument("--scan", default="auto", choices=["auto", "sequential"],
                    help="recurrax's scan mode (default: the layer's)")
     p.add_argument("--threads", type=int, default=None, help="threads per contender (default: each library's own)")
+    p.add_argument("--malloc", default="default", choices=["default", "retain"],
+                   help="every contender's allocator: glibc's default, or keeping freed memory "
+                        "(recurrax.allocator; default: default)")
     p.add_argument("--quick", action="store_true", help="smoke test: LSTM and GRU, B=8, T=50, H=32, 2 repeats")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -469,7 +483,7 @@ def main(argv=None) -> None:
     rows = run_grid(args)
     print(table(rows))
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
-          f"threads: {args.threads or 'default'}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
+          f"threads: {args.threads or 'default'}; malloc: {args.malloc}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
           f"{os.cpu_count()} CPUs", flush=True)
     if args.csv and rows:
         log(f"wrote {args.csv}")
