@@ -17,8 +17,8 @@ from .data.tasks import TASKS
 TASK_CHOICES = ("text",) + tuple(TASKS)
 
 # Defaults that depend on the task: the language-modelling main job, and the synthetic tasks.
-# The main job (measured on 2 CPU cores: 4 to 7.5 minutes of training, 65k to 32k characters/s by the
-# load of the machine; see the README).
+# The main job (measured on 2 CPU cores: 2.6 minutes of training at 90k characters/s on a quiet machine,
+# up to about 7.5 minutes on a busy one; see the README).
 TEXT_DEFAULTS = dict(cell="lstm", hidden=256, layers=1, embed=64, dropout=0.3, steps=2200, batch=64, chunk=100,
                      lr=3e-2, schedule="cosine", warmup=100, eval_every=550, log_every=50, bptt="truncated")
 TASK_DEFAULTS = dict(cell="lstm", hidden=64, layers=1, embed=None, dropout=0.0, steps=2000, batch=32, chunk=None,

@@ -388,7 +388,10 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
     T x B x gates is written, transposed from the batch-major layout ``vmap`` gives to the
     time-major layout the loop reads, and read back; hoisted, the product runs at full GEMM speed
     (and on every core of an idle machine: XLA runs a loop's body on one thread), and the input
-    weights are not streamed through the cache at every step. Measured on a 2-core CPU
+    weights are not streamed through the cache at every step. The T x B x gates buffer also costs
+    fresh pages at every call under glibc's default allocator (:mod:`recurrax.allocator`): with
+    freed memory kept, hoisted and in the loop train within 10% of each other at B = 32..64.
+    Measured on a 2-core CPU
     (T = 100..1000, H = input = 128 unless said, same process, medians):
 
     * B < 32: hoisted wins in training. LSTM at B = 1: 2.7 against 20.7 ms forward, 7.3 against
