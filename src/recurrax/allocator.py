@@ -10,15 +10,18 @@ whose CPU tensors come from the same ``malloc``. Measured per training step (med
 from ``getrusage``), each library in its own process, before and after :func:`retain_freed_memory`:
 
 * recurrax LSTM, B = 32, T = 200, H = 128: 35 -> 24 ms (34.6 MiB faulted per call -> 1 MiB);
-  B = 256: 220 -> 164 ms (277 MiB -> 6 MiB); GRU, B = 256: 187 -> 122 ms;
+  B = 256: 220 -> 158 ms (277 MiB -> 6 MiB); GRU, B = 256: 187 -> 122 ms;
 * ``torch.nn.LSTM``, B = 32: 27 -> 16 ms; B = 256: 234 -> 117 ms.
 
 :func:`retain_freed_memory` tells glibc (``mallopt``) to serve every thread from the main arena
 (``M_ARENA_MAX`` = 1), to grow that arena rather than map blocks of their own (``M_MMAP_MAX`` = 0)
-and never to give freed memory back (``M_TRIM_THRESHOLD`` = -1). The cost: the process keeps its
-peak resident memory until it exits. The ``recurrax`` command does this when it starts; a program
-of one's own calls it before its first JAX computation (a thread that has already allocated keeps
-its arena). The same settings from the environment, for any process (torch's included)::
+and never to give freed memory back (``M_TRIM_THRESHOLD`` = -1). The cost: the process keeps what
+it has freed until it exits, and its one heap fragments, so resident memory can pass a single
+step's peak (an unbounded LSTM step at T = 20,000, B = 8: 3.2 GiB after three calls against
+1.8 GiB; the ``recurrax train`` job: 1.4 GB either way). The ``recurrax`` command does this when
+it starts; a program of one's own calls it before its first JAX computation (a thread that has
+already allocated keeps its arena). The same settings from the environment, for any process
+(torch's included)::
 
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 python train.py
 """
