@@ -200,13 +200,25 @@ def test_where_the_input_projection_runs():
     assert recurrax.fused.project_in_loop(big_inputs, large)
 
 
+def test_which_inference_loops_take_one_product():
+    """The inference loop joins the input and recurrent products for LSTM at large batches only."""
+    mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH
+    lstm = make("lstm")
+    assert recurrax.fused.joint_product(lstm, large)
+    assert not recurrax.fused.joint_product(lstm, mid)
+    assert not recurrax.fused.joint_product(lstm, None)
+    assert not any(recurrax.fused.joint_product(make(name), large) for name in ("elman", "forget-elman", "mgu", "gru"))
+
+
 @pytest.mark.parametrize("name", ["forget-elman", "gru", "lstm"])
 def test_projection_in_the_loop_under_vmap_equals_plain(monkeypatch, name):
     """The tests' small batch hoists the projection; made to project in the loop, as large batches
-    do, the fused path still equals the plain loop."""
+    do (LSTM's inference loop then with one product per step), the fused path still equals the
+    plain loop."""
     monkeypatch.setattr(recurrax.fused, "LOOP_MIN_BATCH", 1)
     monkeypatch.setattr(recurrax.fused, "LARGE_BATCH", 1)
     assert recurrax.fused.project_in_loop(make(name), B)
+    assert recurrax.fused.joint_product(make(name), B) == (name == "lstm")
     assert_fused_matches_plain(variables(name), ((True, True),))
 
 

@@ -17,7 +17,9 @@ What differs from differentiating the plain loop:
   gate slices made XLA's elementwise code about twice as slow). The matrices of the step's
   products are transposed once, before the loop, into the layout XLA's CPU matmul reads without
   re-packing them at every step (:func:`_loop_layout`). It saves what the backward pass needs,
-  the gate activations and the states, rather than what autodiff would choose.
+  the gate activations and the states, rather than what autodiff would choose. For inference (a
+  call that is not differentiated) a second version of the loop saves nothing and, for LSTM at
+  large batches, takes both products as one (:func:`_loop`); XLA keeps whichever loop is read.
 * **Backward loop.** A ``jax.custom_vjp`` whose backward loop carries only the state gradients:
   per step one product ``dz @ W_hh`` (the gradient for the previous state) and elementwise work,
   emitting the pre-activation gradients ``dz_t``. The transpose of the plain loop also accumulates
@@ -116,9 +118,9 @@ class Rule(NamedTuple):
       slow code when the slice of its inputs is fused into it (forward 1.2-2x faster at B = 1 to
       256); for the other cells the extra copy per step cost up to 1.5x (Elman at B = 1);
     * ``from_preactivation(state, z) -> (state, residuals)``: for cells whose step reads the sum
-      z = W_ih x + b + W_hh h (LSTM), the step from that sum. When the projection runs in the loop,
-      the inference loop then takes z from one product ``[x, h] @ [W_ihᵀ; W_hhᵀ]`` (``consts``
-      must start with W_hh) instead of two (:func:`_loop`).
+      z = W_ih x + b + W_hh h (LSTM), the step from that sum, so that the inference loop may take
+      z from one product ``[x, h] @ [W_ihᵀ; W_hhᵀ]`` (``consts`` must start with W_hh) instead of
+      two (:func:`joint_product`).
     """
 
     consts: Callable
@@ -433,19 +435,14 @@ def _loop_layout(arrays):
     return tuple(a.T if a.ndim == 2 else a for a in arrays)
 
 
-def _loop(rule: Rule, unroll: int, inference: bool, in_loop: bool, cell: Cell, xs, h0, h_reset, starts, mask):
+def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, cell: Cell, xs, h0, h_reset, starts, mask):
     """The forward loop over one sequence: the states after every step (stacked) and the residuals.
 
-    ``inference``: the loop whose residuals nobody reads (:func:`fused_scan`); a cell with
-    ``Rule.from_preactivation`` then takes one product per step over ``[x, h]`` where the
-    projection runs in the loop. That product is large enough for XLA to split it over two threads:
-    LSTM forward at B = 32, T = 200, H = 128 went from 9.2 to 6.7 ms; but in a loop that also
-    writes the residuals the training step was 5-15% slower, so the loop that saves them keeps two.
-    """
+    ``in_loop``: the step computes its input projection (:func:`project_in_loop`); ``joint``: as
+    one product with the recurrent one (:func:`joint_product`)."""
     consts = _loop_layout(rule.consts(cell))
     inputs = xs if in_loop else jax.vmap(cell.project)(xs)
     w_ih_t, bias = _loop_layout((cell.weight_ih, cell.bias))
-    joint = inference and in_loop and rule.from_preactivation is not None
     if joint:
         w_joint = jnp.concatenate([w_ih_t, consts[0]])  # [W_ihᵀ; W_hhᵀ]
 
@@ -467,17 +464,41 @@ def _loop(rule: Rule, unroll: int, inference: bool, in_loop: bool, cell: Cell, x
     return states, res
 
 
+def joint_product(cell: Cell, batch: int | None) -> bool:
+    """Whether the inference loop (the one whose residuals nobody reads, :func:`fused_scan`) takes
+    each step's input and recurrent products as one, ``[x, h] @ [W_ihᵀ; W_hhᵀ]``, for a batch of
+    ``batch`` sequences: for cells with ``Rule.from_preactivation`` (LSTM) whose projection runs in
+    the loop, from 128 sequences.
+
+    XLA splits a product of that size over both threads, as it does the two products at such
+    batches anyway: LSTM forward at B = 256, T = 200, H = 128 went from 46 to 42 ms. At B = 32 the
+    joint product made the forward either 1.5x faster or 1.5x slower (6 or 14.5 ms against 9.4), by
+    whether the operating system gave the second thread a core of its own; one thread per step
+    there is steadier. In the loop that saves the residuals, the joint product made the training
+    step 5-15% slower at B = 32 (and no faster at B = 256), so that loop keeps two products.
+    """
+    rule = rule_for(cell)
+    return (
+        rule is not None and rule.from_preactivation is not None and batch is not None
+        and batch >= LARGE_BATCH and project_in_loop(cell, batch)
+    )
+
+
 def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll, inference: bool = False):
     """The forward loop (no gradient flows through it), choosing where the input projection runs
-    from the batch size, which only a ``custom_vmap`` rule sees (see :func:`project_in_loop`)."""
+    from the batch size, which only a ``custom_vmap`` rule sees (see :func:`project_in_loop`), and
+    for ``inference`` whether its products are one (:func:`joint_product`)."""
+
+    def choices(cell, batch):
+        return project_in_loop(cell, batch), inference and joint_product(cell, batch)
 
     @jax.custom_batching.custom_vmap
     def run(cell, xs, h0, h_reset, starts, mask):
-        return _loop(rule, unroll, inference, project_in_loop(cell, None), cell, xs, h0, h_reset, starts, mask)
+        return _loop(rule, unroll, *choices(cell, None), cell, xs, h0, h_reset, starts, mask)
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, cell, xs, h0, h_reset, starts, mask):
-        one = functools.partial(_loop, rule, unroll, inference, project_in_loop(cell, axis_size))
+        one = functools.partial(_loop, rule, unroll, *choices(cell, axis_size))
         in_axes = jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched))
         out = jax.vmap(one, in_axes=in_axes)(cell, xs, h0, h_reset, starts, mask)
         return out, jax.tree_util.tree_map(lambda _: True, out)
