@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recurrax.cli import main
+from recurrax.cli import build_parser, keeps_freed_memory, main
 from recurrax.lm.dynamic import LEARNING_RATES
 
 TINY_LM = ["--hidden", "8", "--embed", "8", "--steps", "4", "--batch", "4", "--chunk", "16", "--eval-every", "2",
@@ -146,3 +146,14 @@ def test_default_warmup_fits_a_short_run():
     assert warmup("--steps", "60") == 6             # a tenth of a short run, not an error
     assert warmup("--steps", "60", "--warmup", "0") == 0
     assert warmup("--task", "adding", "--steps", "60") == 0
+
+
+@pytest.mark.parametrize("argv, keeps", [
+    (["train"], True),
+    (["train", "--data", "corpus.txt", "--steps", "10"], True),
+    (["train", "--task", "adding"], False),
+    (["compare"], False),
+    (["ngram", "--order", "3"], False),
+])
+def test_only_the_language_model_job_keeps_freed_memory(argv, keeps):
+    assert keeps_freed_memory(build_parser().parse_args(argv)) is keeps
