@@ -402,13 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments) and run the command; the exit status."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; the exit status (2: bad input, with one message on stderr)."""
     from .data.corpus import CorpusError
     from .lm.text import UnknownTokenError
     from .train.checkpoint import CheckpointError
     from .train.run_dir import RunDirError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         args.func(args)
     except (UsageError, CorpusError, RunDirError, CheckpointError, UnknownTokenError, FileNotFoundError,
@@ -438,9 +442,10 @@ def console_main() -> None:
     that pays (:func:`keeps_freed_memory`); decided before JAX's first computation."""
     from .allocator import retain_freed_memory
 
-    if keeps_freed_memory(build_parser().parse_args()):
+    args = build_parser().parse_args()
+    if keeps_freed_memory(args):
         retain_freed_memory()
-    sys.exit(main())
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":
