@@ -45,3 +45,21 @@ def test_freed_block_stays_resident_only_after_retain():
     applied, released_retained = released_kib("retain")
     assert applied == "True"
     assert released_retained < 4 * 1024  # kept: at most a few pages of other frees went back
+
+
+def test_freed_memory_kept_reads_the_setting_and_the_environment(monkeypatch):
+    import recurrax.allocator as allocator
+
+    monkeypatch.setattr(allocator, "_retained", False)
+    for name in allocator.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert not allocator.freed_memory_kept()
+    for name, value in list(allocator.ENVIRONMENT.items())[:-1]:
+        monkeypatch.setenv(name, value)
+    assert not allocator.freed_memory_kept()  # one setting missing: glibc still trims and maps
+    monkeypatch.setenv(*list(allocator.ENVIRONMENT.items())[-1])
+    assert allocator.freed_memory_kept() == sys.platform.startswith("linux")
+    for name in allocator.ENVIRONMENT:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(allocator, "_retained", True)
+    assert allocator.freed_memory_kept()

@@ -184,20 +184,42 @@ def test_higher_order_and_forward_mode_need_the_plain_path():
     assert np.isfinite(tangent)
 
 
-def test_where_the_input_projection_runs():
+@pytest.mark.parametrize("memory_kept", [False, True])
+def test_where_the_input_projection_runs(monkeypatch, memory_kept):
     """Hoisted for one sequence and small batches; in the loop for large batches; in between, in
-    the loop for GRU and LSTM with small input weights only."""
+    the loop for GRU and LSTM with small input weights only, and for GRU alone where the process
+    keeps the memory it frees."""
+    monkeypatch.setattr(recurrax.fused, "freed_memory_kept", lambda: memory_kept)
     mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH
+    in_loop_at_mid = ("gru",) if memory_kept else ("gru", "lstm")
     for name in ("elman", "forget-elman", "mgu", "gru", "lstm"):
         cell = make(name)
         assert not recurrax.fused.project_in_loop(cell, None)
         assert not recurrax.fused.project_in_loop(cell, 1)
         assert not recurrax.fused.project_in_loop(cell, mid - 1)
         assert recurrax.fused.project_in_loop(cell, large)
-        assert recurrax.fused.project_in_loop(cell, mid) == (name in ("gru", "lstm"))
+        assert recurrax.fused.project_in_loop(cell, mid) == (name in in_loop_at_mid)
     big_inputs = recurrax.LSTM(512, 512, key=jax.random.key(0))  # 512 x 2048 input weights
     assert not recurrax.fused.project_in_loop(big_inputs, mid)
     assert recurrax.fused.project_in_loop(big_inputs, large)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_a_batch_of_states_over_one_shared_sequence_equals_plain(name):
+    """vmap over initial states only (the inputs unbatched): the hoisted projection is then computed
+    once for all, and values and gradients still equal the plain loop's."""
+    cell, xs, h0, _ = variables(name)
+
+    def loss(fused):
+        def total(cell, x, h0):
+            ys = jax.vmap(lambda h: recurrax.scan(cell, x, h, fused=fused)[0])(h0)
+            return jnp.sum(jnp.sin(ys))
+
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2)))(cell, xs[0], h0)
+
+    (value, grads), (want, want_grads) = loss(True), loss(False)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
 
 
 def test_which_inference_loops_take_one_product():

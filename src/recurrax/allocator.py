@@ -31,6 +31,7 @@ allocated keeps its arena). The same settings from the environment, for any proc
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 # glibc's mallopt parameters (malloc.h).
@@ -40,6 +41,8 @@ M_ARENA_MAX = -8
 
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
+
+_retained = False  # set by retain_freed_memory()
 
 
 def retain_freed_memory() -> bool:
@@ -57,4 +60,19 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in SETTINGS)
+    global _retained
+    _retained = all(mallopt(param, value) == 1 for param, value in SETTINGS)
+    return _retained
+
+
+def freed_memory_kept() -> bool:
+    """Whether this process keeps the memory it frees: :func:`retain_freed_memory` applied, or a
+    Linux process started with the settings of :data:`ENVIRONMENT`.
+
+    The fused scan asks when it chooses where an LSTM's input projection runs
+    (:func:`recurrax.fused.project_in_loop`): a hoisted projection adds a buffer to every call, which
+    is cheap from a heap that keeps its memory and costs fresh pages from one that does not.
+    """
+    if _retained:
+        return True
+    return sys.platform.startswith("linux") and all(os.environ.get(k) == v for k, v in ENVIRONMENT.items())

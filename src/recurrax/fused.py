@@ -11,10 +11,11 @@ tolerance; ``starts``, ``mask``, ``reverse``, ``reset_state`` and ``chunk_size``
 
 What differs from differentiating the plain loop:
 
-* **Forward loop.** Each step computes its input projection and its recurrent product (all gates
-  stacked in one matrix), then *one* elementwise pass over the contiguous gate block (sigmoid
-  written as ``0.5 tanh(x/2) + 0.5``, so one ``tanh`` covers all four LSTM gates; four separate
-  gate slices made XLA's elementwise code about twice as slow). The matrices of the step's
+* **Forward loop.** Each step computes its recurrent product (all gates stacked in one matrix)
+  and, at the batch sizes where that pays, its input projection (:func:`project_in_loop`;
+  otherwise one product before the loop, written time-major), then *one* elementwise pass over
+  the contiguous gate block (sigmoid written as ``0.5 tanh(x/2) + 0.5``, so one ``tanh`` covers
+  all four LSTM gates; four separate gate slices made XLA's elementwise code about twice as slow). The matrices of the step's
   products are transposed once, before the loop, into the layout XLA's CPU matmul reads without
   re-packing them at every step (:func:`_loop_layout`). It saves what the backward pass needs,
   the gate activations and the states, rather than what autodiff would choose. For inference (a
@@ -62,6 +63,7 @@ import jax.numpy as jnp
 
 from ._loops import scan_prefetched
 from ._trees import tree_where
+from .allocator import freed_memory_kept
 from .cells.activations import ACTIVATIONS
 from .cells.base import Cell
 from .cells.elman import Elman, ForgetElman
@@ -112,7 +114,8 @@ class Rule(NamedTuple):
       ``A_k(θ, sg(U_k))`` over all steps, whose cotangents are ``gate_grads(dP, extra)``;
     * ``output(state)``: the step's output (the hidden state);
     * ``in_loop``: whether a mid-sized batch (32 to 127 sequences) may compute its input
-      projections inside the loop (:func:`project_in_loop`);
+      projections inside the loop (:func:`project_in_loop`); ``hoist_when_memory_kept``: not when
+      the process keeps the memory it frees (:func:`recurrax.allocator.freed_memory_kept`);
     * ``prefetch``: whether the forward loop reads each step's inputs one step ahead
       (:func:`recurrax._loops.scan_prefetched`). It pays for GRU, whose step XLA compiles into
       slow code when the slice of its inputs is fused into it (forward 1.2-2x faster at B = 1 to
@@ -131,6 +134,7 @@ class Rule(NamedTuple):
     output: Callable = lambda s: s
     add_output_grad: Callable = lambda ds, dy: ds + dy
     in_loop: bool = True
+    hoist_when_memory_kept: bool = False
     prefetch: bool = False
     from_preactivation: Callable | None = None
 
@@ -190,6 +194,7 @@ LSTM_RULE = Rule(
     gate_grads=lambda dp, extra: (dp,),
     output=lambda s: s[0],
     add_output_grad=lambda ds, dy: (ds[0] + dy, ds[1]),
+    hoist_when_memory_kept=True,
     from_preactivation=_lstm_from_preactivation,
 )
 
@@ -396,32 +401,39 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
     ``batch`` sequences (None: one sequence, no ``vmap``).
 
     In the loop, a step's projection is a second matrix product per step on the batch's rows;
-    hoisted, it is one product over all steps before the loop. In the loop, nothing of size
-    T x B x gates is written, transposed from the batch-major layout ``vmap`` gives to the
-    time-major layout the loop reads, and read back; hoisted, the product runs at full GEMM speed
-    (and on every core of an idle machine: XLA runs a loop's body on one thread), and the input
-    weights are not streamed through the cache at every step. The T x B x gates buffer also costs
-    fresh pages at every call under glibc's default allocator (:mod:`recurrax.allocator`): with
-    freed memory kept, hoisted and in the loop train within 10% of each other at B = 32..64.
-    Measured on a 2-core CPU
-    (T = 100..1000, H = input = 128 unless said, same process, medians):
+    hoisted, it is one product over all steps before the loop, written time-major
+    (:func:`_time_major_projections`) and read back by the loop. Hoisted, the product runs at full
+    GEMM speed (and on every core of an idle machine: XLA runs a loop's body on one thread) and the
+    input weights are not streamed through the cache at every step; in the loop, nothing of size
+    T x B x gates is written. That buffer is where the allocator matters (:mod:`recurrax.allocator`):
+    under glibc's defaults a larger block per call is more often a block of fresh pages. Measured
+    on a 2-core CPU (T = 100..1000, H = input = 128 unless said, same process, medians):
 
     * B < 32: hoisted wins in training. LSTM at B = 1: 2.7 against 20.7 ms forward, 7.3 against
       25.4 ms training (T = 1000); at B = 2..16 hoisted trains LSTM and GRU 1.0-1.5x faster and runs
       LSTM's forward 1.3-1.8x faster (GRU's forward alone is 1.2-1.5x faster in the loop at
       B = 8..16).
-    * B = 32..127: in the loop wins for GRU and LSTM when the input weights are small (training
-      1.1x; GRU forward 1.7x), hoisted when they are large (B = 32, H = 512: 1.1-1.3x). Elman,
-      ForgetElman and MGU (``Rule.in_loop`` False) hoist: in the loop their forward was 1.2-1.3x
-      slower and their training no faster (B = 32, T = 200).
+    * B = 32..127, glibc's defaults: in the loop wins for GRU and LSTM when the input weights are
+      small (hoisted, LSTM at B = 32, T = 200 trained in 38.5 against 28.9 ms, and at B = 64 ran
+      forward in 34.9 against 20.7 ms), hoisted when they are large (B = 32, H = 512: 1.1-1.3x).
+      Elman, ForgetElman and MGU (``Rule.in_loop`` False) hoist: in the loop their forward was
+      1.2-1.3x slower and their training no faster (B = 32, T = 200).
+    * B = 32..127, freed memory kept: hoisted wins for LSTM (``Rule.hoist_when_memory_kept``):
+      B = 32, T = 200 forward 8.6 against 9.9 ms, training 22.6 against 24.0 ms; B = 64, T = 1000
+      forward 88.8 against 99.3 ms, training 248 against 263 ms. GRU is even either way
+      (B = 32 and 64, T = 200: within 3%) and stays in the loop.
     * B >= 128: in the loop wins for every cell (B = 256: LSTM, GRU forward 2.4-2.9x, training
-      1.2x; ForgetElman and MGU forward 1.6-1.8x, training equal; LSTM at H = 512: 1.1x).
+      1.2x; ForgetElman and MGU forward 1.6-1.8x, training equal; LSTM at H = 512: 1.1x). With
+      freed memory kept LSTM's forward in the loop (with :func:`joint_product`) beats hoisted
+      1.1-1.5x and its training is even (B = 128, 256).
     """
     rule = rule_for(cell)
     if batch is None or rule is None or batch < LOOP_MIN_BATCH:
         return False
     if batch >= LARGE_BATCH:
         return True
+    if rule.hoist_when_memory_kept and freed_memory_kept():
+        return False
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
     return rule.in_loop and cell.input_size * width <= HOIST_SIZE
 
@@ -435,13 +447,13 @@ def _loop_layout(arrays):
     return tuple(a.T if a.ndim == 2 else a for a in arrays)
 
 
-def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, cell: Cell, xs, h0, h_reset, starts, mask):
+def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, cell: Cell, inputs, h0, h_reset, starts, mask):
     """The forward loop over one sequence: the states after every step (stacked) and the residuals.
 
-    ``in_loop``: the step computes its input projection (:func:`project_in_loop`); ``joint``: as
-    one product with the recurrent one (:func:`joint_product`)."""
+    ``in_loop``: the step computes its input projection from ``inputs``, the sequence's inputs
+    (:func:`project_in_loop`); otherwise ``inputs`` are the projections. ``joint``: the step takes
+    its input and recurrent products as one (:func:`joint_product`)."""
     consts = _loop_layout(rule.consts(cell))
-    inputs = xs if in_loop else jax.vmap(cell.project)(xs)
     w_ih_t, bias = _loop_layout((cell.weight_ih, cell.bias))
     if joint:
         w_joint = jnp.concatenate([w_ih_t, consts[0]])  # [W_ihᵀ; W_hhᵀ]
@@ -462,6 +474,19 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, cell: Cell, xs, h
     run = scan_prefetched if rule.prefetch else jax.lax.scan
     _, (states, res) = run(body, h0, (inputs, starts, mask), unroll=unroll)
     return states, res
+
+
+def _time_major_projections(cell: Cell, xs):
+    """The input projections of a batch ``xs`` (B, T, input_size), laid out time-major (T, B, G),
+    the layout the loop reads (``vmap`` maps the loop over their axis 1).
+
+    The inputs are transposed, not the projections: the inputs are the smaller (4x for LSTM at
+    input = hidden size), and the product then writes the layout the loop reads. Projected
+    batch-major (what ``vmap`` of the loop does), XLA computed the product and then transposed and
+    copied the T x B x G result: LSTM hoisted at B = 32, T = 200, H = 128, freed memory kept,
+    forward 9.0 -> 8.6 ms and training 22.9 -> 22.6 ms; B = 64, T = 1000 forward 93.3 -> 88.8 ms
+    and training 257 -> 248 ms; within 3% for the other cells (B = 8..32)."""
+    return jax.vmap(jax.vmap(cell.project))(jnp.swapaxes(xs, 0, 1))
 
 
 def joint_product(cell: Cell, batch: int | None) -> bool:
@@ -494,13 +519,20 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
 
     @jax.custom_batching.custom_vmap
     def run(cell, xs, h0, h_reset, starts, mask):
-        return _loop(rule, unroll, *choices(cell, None), cell, xs, h0, h_reset, starts, mask)
+        in_loop, joint = choices(cell, None)
+        inputs = xs if in_loop else jax.vmap(cell.project)(xs)
+        return _loop(rule, unroll, in_loop, joint, cell, inputs, h0, h_reset, starts, mask)
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, cell, xs, h0, h_reset, starts, mask):
-        one = functools.partial(_loop, rule, unroll, *choices(cell, axis_size))
-        in_axes = jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched))
-        out = jax.vmap(one, in_axes=in_axes)(cell, xs, h0, h_reset, starts, mask)
+        in_loop, joint = choices(cell, axis_size)
+        in_axes = list(jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched)))
+        if not in_loop and in_batched[1]:
+            xs, in_axes[1] = _time_major_projections(cell, xs), 1
+        elif not in_loop:
+            xs = jax.vmap(cell.project)(xs)
+        one = functools.partial(_loop, rule, unroll, in_loop, joint)
+        out = jax.vmap(one, in_axes=tuple(in_axes))(cell, xs, h0, h_reset, starts, mask)
         return out, jax.tree_util.tree_map(lambda _: True, out)
 
     return run(cell, xs, h0, h_reset, starts, mask)
