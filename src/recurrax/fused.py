@@ -15,12 +15,13 @@ What differs from differentiating the plain loop:
   and, at the batch sizes where that pays, its input projection (:func:`project_in_loop`;
   otherwise one product before the loop, written time-major), then *one* elementwise pass over
   the contiguous gate block (sigmoid written as ``0.5 tanh(x/2) + 0.5``, so one ``tanh`` covers
-  all four LSTM gates; four separate gate slices made XLA's elementwise code about twice as slow). The matrices of the step's
-  products are transposed once, before the loop, into the layout XLA's CPU matmul reads without
-  re-packing them at every step (:func:`_loop_layout`). It saves what the backward pass needs,
-  the gate activations and the states, rather than what autodiff would choose. For inference (a
-  call that is not differentiated) a second version of the loop saves nothing and, for LSTM at
-  large batches, takes both products as one (:func:`_loop`); XLA keeps whichever loop is read.
+  all four LSTM gates; four separate gate slices made XLA's elementwise code about twice as slow).
+  The matrices of the step's products are transposed once, before the loop, into the layout XLA's
+  CPU matmul reads without re-packing them at every step (:func:`_loop_layout`). It saves what
+  the backward pass needs, the gate activations and the states, rather than what autodiff would
+  choose. For inference (a call that is not differentiated) a second version of the loop saves
+  nothing and, for LSTM at large batches, takes both products as one (:func:`_loop`); XLA keeps
+  whichever loop is read.
 * **Backward loop.** A ``jax.custom_vjp`` whose backward loop carries only the state gradients:
   per step one product ``dz @ W_hh`` (the gradient for the previous state) and elementwise work,
   emitting the pre-activation gradients ``dz_t``. The transpose of the plain loop also accumulates
@@ -488,7 +489,12 @@ def _time_major_projections(cell: Cell, xs):
     MGU forward 4.8-5.0 -> 4.2-4.3 ms, LSTM at B = 8 training 6.1-6.3 -> 5.8 ms, LSTM hoisted
     forward 9.0 -> 8.4 ms, training 22.9 -> 22.6 ms, and at B = 64, T = 1000 93.3 -> 88.8 ms and
     257 -> 248 ms; the others within 3%."""
-    return jnp.swapaxes(xs, 0, 1) @ cell.weight_ih.T
+    return _input_products(cell, jnp.swapaxes(xs, 0, 1))
+
+
+def _input_products(cell: Cell, xs):
+    """``xs @ W_ihᵀ``: the hoisted input projections, but for the bias, which the loop's step adds."""
+    return xs @ cell.weight_ih.T
 
 
 def joint_product(cell: Cell, batch: int | None) -> bool:
@@ -522,7 +528,7 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
     @jax.custom_batching.custom_vmap
     def run(cell, xs, h0, h_reset, starts, mask):
         in_loop, joint = choices(cell, None)
-        inputs = xs if in_loop else xs @ cell.weight_ih.T
+        inputs = xs if in_loop else _input_products(cell, xs)
         return _loop(rule, unroll, in_loop, joint, cell, inputs, h0, h_reset, starts, mask)
 
     @run.def_vmap
@@ -532,7 +538,7 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
         if not in_loop and in_batched[1]:
             xs, in_axes[1] = _time_major_projections(cell, xs), 1
         elif not in_loop:
-            xs = xs @ cell.weight_ih.T
+            xs = _input_products(cell, xs)
         one = functools.partial(_loop, rule, unroll, in_loop, joint)
         out = jax.vmap(one, in_axes=tuple(in_axes))(cell, xs, h0, h_reset, starts, mask)
         return out, jax.tree_util.tree_map(lambda _: True, out)
