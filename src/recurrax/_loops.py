@@ -1,4 +1,6 @@
-"""``scan_prefetched``: ``jax.lax.scan`` whose steps read their slice of the inputs one step ahead.
+"""Two variants of ``jax.lax.scan`` with its values and another memory traffic.
+
+``scan_prefetched``: ``jax.lax.scan`` whose steps read their slice of the inputs one step ahead.
 
 In ``jax.lax.scan(body, init, xs)`` each step slices ``xs[t]`` with a dynamic slice, and XLA's CPU
 compiler fuses that slice into the elementwise code that consumes it. For some steps the code
@@ -9,6 +11,9 @@ small copy). The copy is not free: for steps that XLA compiles well either way i
 1.5x (Elman at B = 1), and JAX's autodiff of the carried slices made plain loops slower to
 differentiate; so the fused path uses it only where it was measured to pay
 (:attr:`recurrax.fused.Rule.prefetch`). Values are those of ``jax.lax.scan``.
+
+``scan_into_buffers``: ``jax.lax.scan`` whose steps write their outputs into carried buffers, which
+``jax.vmap`` lays out batch-major (see its docstring).
 """
 
 from __future__ import annotations
@@ -36,4 +41,31 @@ def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False
         return (inner, x_next), y
 
     (final, _), ys = jax.lax.scan(step, (init, first), jnp.arange(length), reverse=reverse, unroll=unroll)
+    return final, ys
+
+
+def scan_into_buffers(body: Callable, init: Any, xs: Any, *, reverse: bool = False, unroll: int = 1):
+    """``jax.lax.scan(body, init, xs, reverse=reverse, unroll=unroll)``: ``(final carry, stacked ys)``,
+    each step writing its outputs into buffers that the loop carries, at its own index.
+
+    The values are those of ``jax.lax.scan``; the layout under ``jax.vmap`` differs. There a scan's
+    stacked outputs are time-major in memory, (T, B, ...), handed on as the (B, T, ...) array ``vmap``
+    promises by a change of layout; a product that contracts them over batch and time together with
+    a batch-major array (the weight gradients of the fused scan: ``dZᵀ X``) then copies one of them.
+    Carried buffers are batched like any carry, batch-major, and each step writes its B rows in
+    place.
+    """
+    length = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    first = jax.tree_util.tree_map(lambda a: a[0], xs)
+    shapes = jax.eval_shape(lambda c, x: body(c, x)[1], init, first)
+    buffers = jax.tree_util.tree_map(lambda s: jnp.zeros((length,) + s.shape, s.dtype), shapes)
+
+    def step(carry, inputs):
+        inner, buffers = carry
+        t, x = inputs
+        inner, y = body(inner, x)
+        buffers = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), buffers, y)
+        return (inner, buffers), None
+
+    (final, ys), _ = jax.lax.scan(step, (init, buffers), (jnp.arange(length), xs), reverse=reverse, unroll=unroll)
     return final, ys
