@@ -222,6 +222,24 @@ def test_a_batch_of_states_over_one_shared_sequence_equals_plain(name):
     assert_trees_close(grads, want_grads, 2e-5)
 
 
+def test_nested_vmap_equals_plain():
+    """vmap of vmap (e.g. several batches of sequences): the batched forward rule, which lays the
+    projections out time-major, runs under a second vmap; values and gradients equal the plain loop's."""
+    cell = make("lstm")
+    xs = jax.random.normal(jax.random.key(1), (2, B, T, X))
+
+    def loss(fused):
+        def total(cell, xs):
+            ys = jax.vmap(jax.vmap(lambda x: recurrax.scan(cell, x, fused=fused)[0]))(xs)
+            return jnp.sum(jnp.sin(ys))
+
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(cell, xs)
+
+    (value, grads), (want, want_grads) = loss(True), loss(False)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
 def test_which_inference_loops_take_one_product():
     """The inference loop joins the input and recurrent products for LSTM at large batches only."""
     mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH
