@@ -188,7 +188,7 @@ def test_higher_order_and_forward_mode_need_the_plain_path():
 def test_where_the_input_projection_runs(monkeypatch, memory_kept):
     """Hoisted for one sequence and small batches; in the loop for large batches; in between, in
     the loop for GRU and LSTM with small input weights only, and for GRU alone where the process
-    keeps the memory it frees."""
+    keeps the memory it frees or (LSTM's inference loop) where the projections are small."""
     monkeypatch.setattr(recurrax.fused, "freed_memory_kept", lambda: memory_kept)
     mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH
     in_loop_at_mid = ("gru",) if memory_kept else ("gru", "lstm")
@@ -202,6 +202,14 @@ def test_where_the_input_projection_runs(monkeypatch, memory_kept):
     big_inputs = recurrax.LSTM(512, 512, key=jax.random.key(0))  # 512 x 2048 input weights
     assert not recurrax.fused.project_in_loop(big_inputs, mid)
     assert recurrax.fused.project_in_loop(big_inputs, large)
+    # LSTM's inference loop hoists at mid batches while its projections fit in HOISTED_BYTES.
+    lstm, gru = make("lstm"), make("gru")
+    fits = recurrax.fused.HOISTED_BYTES // (mid * 4 * H * 4)  # steps of 4H float32 gates that fit
+    assert not recurrax.fused.project_in_loop(lstm, mid, fits, inference=True)
+    assert recurrax.fused.project_in_loop(lstm, mid, fits + 1, inference=True) == (not memory_kept)
+    assert recurrax.fused.project_in_loop(lstm, mid, fits, inference=False) == (not memory_kept)
+    assert recurrax.fused.project_in_loop(lstm, large, fits, inference=True)
+    assert recurrax.fused.project_in_loop(gru, mid, fits, inference=True)
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
@@ -260,6 +268,17 @@ def test_projection_in_the_loop_under_vmap_equals_plain(monkeypatch, name):
     assert recurrax.fused.project_in_loop(make(name), B)
     assert recurrax.fused.joint_product(make(name), B) == (name == "lstm")
     assert_fused_matches_plain(variables(name), ((True, True),))
+
+
+def test_lstm_training_in_the_loop_and_inference_hoisted_equal_plain(monkeypatch):
+    """At mid batches under glibc's defaults LSTM's training loop projects in the loop while its
+    inference loop hoists (small projections); both still equal the plain loop."""
+    monkeypatch.setattr(recurrax.fused, "LOOP_MIN_BATCH", 1)
+    monkeypatch.setattr(recurrax.fused, "freed_memory_kept", lambda: False)
+    lstm = make("lstm")
+    assert recurrax.fused.project_in_loop(lstm, B, T)
+    assert not recurrax.fused.project_in_loop(lstm, B, T, inference=True)
+    assert_fused_matches_plain(variables("lstm"), ((True, True),))
 
 
 def test_long_sequences_are_rematerialised_by_default(monkeypatch):

@@ -115,8 +115,10 @@ class Rule(NamedTuple):
       ``A_k(θ, sg(U_k))`` over all steps, whose cotangents are ``gate_grads(dP, extra)``;
     * ``output(state)``: the step's output (the hidden state);
     * ``in_loop``: whether a mid-sized batch (32 to 127 sequences) may compute its input
-      projections inside the loop (:func:`project_in_loop`); ``hoist_when_memory_kept``: not when
-      the process keeps the memory it frees (:func:`recurrax.allocator.freed_memory_kept`);
+      projections inside the loop (:func:`project_in_loop`); ``hoist_without_fresh_pages``: not
+      where the hoisted projections cost no fresh pages (the process keeps the memory it frees,
+      :func:`recurrax.allocator.freed_memory_kept`, or the inference loop's fit in
+      :data:`HOISTED_BYTES`);
     * ``prefetch``: whether the forward loop reads each step's inputs one step ahead
       (:func:`recurrax._loops.scan_prefetched`). It pays for GRU, whose step XLA compiles into
       slow code when the slice of its inputs is fused into it (forward 1.2-2x faster at B = 1 to
@@ -135,7 +137,7 @@ class Rule(NamedTuple):
     output: Callable = lambda s: s
     add_output_grad: Callable = lambda ds, dy: ds + dy
     in_loop: bool = True
-    hoist_when_memory_kept: bool = False
+    hoist_without_fresh_pages: bool = False
     prefetch: bool = False
     from_preactivation: Callable | None = None
 
@@ -195,7 +197,7 @@ LSTM_RULE = Rule(
     gate_grads=lambda dp, extra: (dp,),
     output=lambda s: s[0],
     add_output_grad=lambda ds, dy: (ds[0] + dy, ds[1]),
-    hoist_when_memory_kept=True,
+    hoist_without_fresh_pages=True,
     from_preactivation=_lstm_from_preactivation,
 )
 
@@ -395,11 +397,13 @@ def _shift_in(states, h0):
 LOOP_MIN_BATCH = 32  # smaller batches (and one sequence) always hoist the input projection
 LARGE_BATCH = 128  # batches this large project in the loop, whatever the cell and its weights
 HOIST_SIZE = 2**18  # in between: input size x gates above which GRU and LSTM hoist
+HOISTED_BYTES = 32 << 20  # glibc's largest mmap threshold: an LSTM inference loop hoists up to this
 
 
-def project_in_loop(cell: Cell, batch: int | None) -> bool:
+def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, inference: bool = False) -> bool:
     """Whether the forward loop computes each step's input projection itself, for a batch of
-    ``batch`` sequences (None: one sequence, no ``vmap``).
+    ``batch`` sequences (None: one sequence, no ``vmap``) of ``length`` steps; ``inference``: for
+    the loop that saves no residuals (:func:`fused_scan`).
 
     In the loop, a step's projection is a second matrix product per step on the batch's rows;
     hoisted, it is one product over all steps before the loop, written time-major
@@ -419,10 +423,16 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
       forward in 34.9 against 20.7 ms), hoisted when they are large (B = 32, H = 512: 1.1-1.3x).
       Elman, ForgetElman and MGU (``Rule.in_loop`` False) hoist: in the loop their forward was
       1.2-1.3x slower and their training no faster (B = 32, T = 200).
-    * B = 32..127, freed memory kept: hoisted wins for LSTM (``Rule.hoist_when_memory_kept``):
+    * B = 32..127, freed memory kept: hoisted wins for LSTM (``Rule.hoist_without_fresh_pages``):
       B = 32, T = 200 forward 8.6 against 9.9 ms, training 22.6 against 24.0 ms; B = 64, T = 1000
       forward 88.8 against 99.3 ms, training 248 against 263 ms. GRU is even either way
       (B = 32 and 64, T = 200: within 3%) and stays in the loop.
+    * B = 32..127, glibc's defaults, LSTM's inference loop: hoisted wins while the projections
+      fit in :data:`HOISTED_BYTES` (32 MiB, the largest block glibc serves from its heap by
+      default), B = 32, T = 200: 7.6 against 9.7 ms; T = 400: 16.5 against 19.5 ms; B = 48..64,
+      T = 100..200: 1.15-1.2x; and loses beyond (B = 96, T = 200, 39 MB: 41.3 against 30.7 ms;
+      B = 32, T = 1000, 66 MB: 65.8 against 48.2 ms). Its training loop stays in the loop
+      (hoisted 3-8% slower there, B = 32..96).
     * B >= 128: in the loop wins for every cell (B = 256: LSTM, GRU forward 2.4-2.9x, training
       1.2x; ForgetElman and MGU forward 1.6-1.8x, training equal; LSTM at H = 512: 1.1x). With
       freed memory kept LSTM's forward in the loop (with :func:`joint_product`) beats hoisted
@@ -433,9 +443,11 @@ def project_in_loop(cell: Cell, batch: int | None) -> bool:
         return False
     if batch >= LARGE_BATCH:
         return True
-    if rule.hoist_when_memory_kept and freed_memory_kept():
-        return False
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
+    if rule.hoist_without_fresh_pages:
+        hoisted_bytes = batch * width * jnp.dtype(cell.weight_ih.dtype).itemsize * (length or 0)
+        if freed_memory_kept() or (inference and length is not None and hoisted_bytes <= HOISTED_BYTES):
+            return False
     return rule.in_loop and cell.input_size * width <= HOIST_SIZE
 
 
@@ -528,18 +540,18 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
     from the batch size, which only a ``custom_vmap`` rule sees (see :func:`project_in_loop`), and
     for ``inference`` whether its products are one (:func:`joint_product`)."""
 
-    def choices(cell, batch):
-        return project_in_loop(cell, batch), inference and joint_product(cell, batch)
+    def choices(cell, batch, length):
+        return project_in_loop(cell, batch, length, inference), inference and joint_product(cell, batch)
 
     @jax.custom_batching.custom_vmap
     def run(cell, xs, h0, h_reset, starts, mask):
-        in_loop, joint = choices(cell, None)
+        in_loop, joint = choices(cell, None, None)
         inputs = xs if in_loop else _input_products(cell, xs)
         return _loop(rule, unroll, in_loop, joint, inference, cell, inputs, h0, h_reset, starts, mask)
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, cell, xs, h0, h_reset, starts, mask):
-        in_loop, joint = choices(cell, axis_size)
+        in_loop, joint = choices(cell, axis_size, xs.shape[1] if in_batched[1] else xs.shape[0])
         in_axes = list(jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched)))
         if not in_loop and in_batched[1]:
             xs, in_axes[1] = _time_major_projections(cell, xs), 1
