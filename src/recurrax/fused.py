@@ -418,18 +418,19 @@ def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, in
       25.4 ms training (T = 1000); at B = 2..16 hoisted trains LSTM and GRU 1.0-1.5x faster and runs
       LSTM's forward 1.3-1.8x faster (GRU's forward alone is 1.2-1.5x faster in the loop at
       B = 8..16).
-    * B = 32..127, glibc's defaults: in the loop wins for GRU and LSTM when the input weights are
-      small (hoisted, LSTM at B = 32, T = 200 trained in 38.5 against 28.9 ms, and at B = 64 ran
-      forward in 34.9 against 20.7 ms), hoisted when they are large (B = 32, H = 512: 1.1-1.3x).
-      Elman, ForgetElman and MGU (``Rule.in_loop`` False) hoist: in the loop their forward was
-      1.2-1.3x slower and their training no faster (B = 32, T = 200).
+    * B = 32..127, glibc's defaults: in the loop wins for GRU and LSTM training when the input
+      weights are small (LSTM hoisted, B = 32..96, T = 200..400: 3-8% slower; 1.35x slower at
+      B = 32, T = 200 before the projections were written time-major), hoisted when they are
+      large (B = 32, H = 512: 1.1-1.3x). Elman, ForgetElman and MGU (``Rule.in_loop`` False)
+      hoist: in the loop their forward was 1.2-1.3x slower and their training no faster
+      (B = 32, T = 200).
     * B = 32..127, freed memory kept: hoisted wins for LSTM (``Rule.hoist_without_fresh_pages``):
       B = 32, T = 200 forward 8.6 against 9.9 ms, training 22.6 against 24.0 ms; B = 64, T = 1000
       forward 88.8 against 99.3 ms, training 248 against 263 ms. GRU is even either way
       (B = 32 and 64, T = 200: within 3%) and stays in the loop.
     * B = 32..127, glibc's defaults, LSTM's inference loop: hoisted wins while the projections
-      fit in :data:`HOISTED_BYTES` (32 MiB, the largest block glibc serves from its heap by
-      default), B = 32, T = 200: 7.6 against 9.7 ms; T = 400: 16.5 against 19.5 ms; B = 48..64,
+      fit in :data:`HOISTED_BYTES` (32 MiB: by default glibc maps any larger block afresh from
+      the kernel), B = 32, T = 200: 7.6 against 9.7 ms; T = 400: 16.5 against 19.5 ms; B = 48..64,
       T = 100..200: 1.15-1.2x; and loses beyond (B = 96, T = 200, 39 MB: 41.3 against 30.7 ms;
       B = 32, T = 1000, 66 MB: 65.8 against 48.2 ms). Its training loop stays in the loop
       (hoisted 3-8% slower there, B = 32..96).
