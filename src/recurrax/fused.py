@@ -446,8 +446,9 @@ def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, in
         return True
     width = jax.eval_shape(cell.project, jax.ShapeDtypeStruct((cell.input_size,), jnp.float32)).shape[-1]
     if rule.hoist_without_fresh_pages:
-        hoisted_bytes = batch * width * jnp.dtype(cell.weight_ih.dtype).itemsize * (length or 0)
-        if freed_memory_kept() or (inference and length is not None and hoisted_bytes <= HOISTED_BYTES):
+        itemsize = jnp.dtype(cell.weight_ih.dtype).itemsize
+        small = length is not None and batch * length * width * itemsize <= HOISTED_BYTES
+        if freed_memory_kept() or (inference and small):
             return False
     return rule.in_loop and cell.input_size * width <= HOIST_SIZE
 
@@ -538,7 +539,8 @@ def joint_product(cell: Cell, batch: int | None) -> bool:
 
 def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll, inference: bool = False):
     """The forward loop (no gradient flows through it), choosing where the input projection runs
-    from the batch size, which only a ``custom_vmap`` rule sees (see :func:`project_in_loop`), and
+    from the batch size, which only a ``custom_vmap`` rule sees, and the length (see
+    :func:`project_in_loop`), and
     for ``inference`` whether its products are one (:func:`joint_product`)."""
 
     def choices(cell, batch, length):
