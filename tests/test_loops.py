@@ -1,11 +1,14 @@
-"""``recurrax._loops.scan_prefetched`` and ``scan_into_buffers`` against ``jax.lax.scan``."""
+"""``recurrax._loops.scan_prefetched``, ``scan_into_buffers`` and ``scan_in_place`` against
+``jax.lax.scan`` and a Python loop."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recurrax._loops import scan_into_buffers, scan_prefetched
+from recurrax._loops import scan_in_place, scan_into_buffers, scan_prefetched
 
 
 def body(carry, inputs):
@@ -16,7 +19,9 @@ def body(carry, inputs):
     return (h, total + h.sum()), (h, x.sum())
 
 
-@pytest.mark.parametrize("variant", [scan_prefetched, scan_into_buffers])
+@pytest.mark.parametrize(
+    "variant", [scan_prefetched, scan_into_buffers, functools.partial(scan_prefetched, loop=scan_into_buffers)]
+)
 @pytest.mark.parametrize("length", [1, 2, 7])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_same_carry_and_outputs_as_lax_scan(variant, length, reverse):
@@ -38,3 +43,65 @@ def test_buffers_under_vmap_equal_lax_scan():
     want = jax.vmap(lambda i, x: jax.lax.scan(body, i, x, reverse=True), in_axes)(init, xs)
     got = jax.jit(jax.vmap(lambda i, x: scan_into_buffers(body, i, x, reverse=True), in_axes))(init, xs)
     jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6), got, want)
+
+
+def in_place_body(carry, inputs):
+    """Reads its slot (two leaves) and writes new values of the same shapes over it; part of the
+    slot is read only by the next carry (as in a backward step), not by the values written."""
+    (x, nothing), (a, b) = inputs
+    assert nothing is None
+    h = jnp.tanh(0.8 * carry + x) + b.sum()
+    return h * a, (a * h.sum() - 1.0, b + h[:2])
+
+
+def in_place_by_hand(init, xs, buffers, reverse):
+    """The loop written out step by step over NumPy copies."""
+    x = np.asarray(xs[0])
+    a, b = (np.array(buf) for buf in buffers)
+    carry = init
+    for t in (reversed if reverse else iter)(range(len(x))):
+        carry, (a_t, b_t) = in_place_body(carry, ((x[t], None), (a[t], b[t])))
+        a[t], b[t] = a_t, b_t
+    return carry, (a, b)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_in_place_writes_each_slot_after_reading_it(length, reverse):
+    rng = np.random.default_rng(length)
+    xs = (jnp.asarray(rng.normal(size=(length, 3)), jnp.float32), None)
+    buffers = (jnp.asarray(rng.normal(size=(length, 3)), jnp.float32),
+               jnp.asarray(rng.normal(size=(length, 2)), jnp.float32))
+    init = jnp.zeros(3)
+    want = in_place_by_hand(init, xs, buffers, reverse)
+    for unroll in (1, 2):
+        got = jax.jit(lambda i, x, b: scan_in_place(in_place_body, i, x, b, reverse=reverse, unroll=unroll))(
+            init, xs, buffers)
+        jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_in_place_under_vmap():
+    rng = np.random.default_rng(0)
+    xs = (jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32), None)
+    buffers = (jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32),
+               jnp.asarray(rng.normal(size=(4, 5, 2)), jnp.float32))
+    init = jnp.zeros((4, 3))
+    got = jax.jit(jax.vmap(lambda i, x, b: scan_in_place(in_place_body, i, x, b, reverse=True),
+                           (0, (0, None), 0)))(init, xs, buffers)
+    for k in range(4):
+        want = in_place_by_hand(init[k], (xs[0][k], None), (buffers[0][k], buffers[1][k]), True)
+        jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g[k], w, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_in_place_updates_the_buffers_without_copying_them():
+    """The compiled loop holds one copy of the buffers in its scratch memory, not two (reading a
+    step's slot in that step made XLA copy the buffers to keep the read safe from the write)."""
+    length, width = 64, 4096
+
+    def run(a, b, x):
+        out = scan_in_place(in_place_body, jnp.zeros(width), (x, None), (a * 2.0, b), reverse=True)[1]
+        return out[0].sum() + out[1].sum()
+
+    args = (jnp.ones((length, width)), jnp.ones((length, 2)), jnp.ones((length, width)))
+    scratch = jax.jit(run).lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert scratch < 1.5 * length * width * 4

@@ -14,6 +14,9 @@ differentiate; so the fused path uses it only where it was measured to pay
 
 ``scan_into_buffers``: ``jax.lax.scan`` whose steps write their outputs into carried buffers, which
 ``jax.vmap`` lays out batch-major (see its docstring).
+
+``scan_in_place``: a loop whose step t reads slot t of carried buffers and writes its outputs over
+it, so that a backward pass may put its gradients where the forward pass's residuals were.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import jax
 import jax.numpy as jnp
 
 
-def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False, unroll: int = 1):
+def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False, unroll: int = 1,
+                    loop: Callable = jax.lax.scan):
     """``jax.lax.scan(body, init, xs, reverse=reverse, unroll=unroll)``: ``(final carry, stacked ys)``.
 
     ``xs`` is a pytree of arrays with a common leading (time) axis of length at least 1; ``None``
-    leaves pass through as ``None``.
+    leaves pass through as ``None``. ``loop``: the scan that runs the steps
+    (:func:`scan_into_buffers` to write the outputs into carried buffers).
     """
     length = jax.tree_util.tree_leaves(xs)[0].shape[0]
     first = jax.tree_util.tree_map(lambda a: a[length - 1 if reverse else 0], xs)
@@ -40,7 +45,7 @@ def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False
         inner, y = body(inner, x)
         return (inner, x_next), y
 
-    (final, _), ys = jax.lax.scan(step, (init, first), jnp.arange(length), reverse=reverse, unroll=unroll)
+    (final, _), ys = loop(step, (init, first), jnp.arange(length), reverse=reverse, unroll=unroll)
     return final, ys
 
 
@@ -69,3 +74,32 @@ def scan_into_buffers(body: Callable, init: Any, xs: Any, *, reverse: bool = Fal
 
     (final, ys), _ = jax.lax.scan(step, (init, buffers), (jnp.arange(length), xs), reverse=reverse, unroll=unroll)
     return final, ys
+
+
+def scan_in_place(body: Callable, init: Any, xs: Any, buffers: Any, *, reverse: bool = False, unroll: int = 1):
+    """``(final carry, buffers)`` of a loop over the time axis of ``buffers`` whose step
+    ``body(carry, (x_t, slot_t)) -> (carry, y_t)`` receives slot t of ``buffers`` and whose output
+    ``y_t`` (a pytree of the buffers' structure, shapes and dtypes) replaces it; ``xs`` as in
+    ``jax.lax.scan`` (``None`` leaves pass through). Values: the buffers with each slot replaced.
+
+    Each step writes its slot first and then reads the slot of the next step from the updated
+    buffers, carrying it into that step. Read in the step itself, a slot feeds computations that
+    XLA need not order before the write (the part of a backward step that becomes the carry), so
+    XLA copied the whole buffers at every step to keep the read safe; read after the write, the
+    only reader of the buffers a step receives is the write, and XLA updates them in place.
+    """
+    length = jax.tree_util.tree_leaves(buffers)[0].shape[0]
+    first = jax.tree_util.tree_map(lambda b: b[length - 1 if reverse else 0], buffers)
+
+    def step(carry, inputs):
+        inner, buffers, slot = carry
+        t, x = inputs
+        inner, y = body(inner, (x, slot))
+        buffers = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), buffers, y)
+        upcoming = jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, length - 1)
+        slot = jax.tree_util.tree_map(lambda b: jax.lax.dynamic_index_in_dim(b, upcoming, 0, False), buffers)
+        return (inner, buffers, slot), None
+
+    (final, buffers, _), _ = jax.lax.scan(step, (init, buffers, first), (jnp.arange(length), xs),
+                                          reverse=reverse, unroll=unroll)
+    return final, buffers
