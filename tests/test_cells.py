@@ -1,7 +1,6 @@
 """Every classic cell against its equations written out in NumPy, step by step."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

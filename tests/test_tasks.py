@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recurrax.data.tasks import SPLITS, TASKS, SequenceData, Task, get_task
+from recurrax.data.tasks import SPLITS, SequenceData, Task, get_task
 
 SMALL = {"adding": {"length": 12}, "copy": {"n_symbols": 3, "alphabet": 5, "delay": 4}, "moving-ball": {"length": 9}}
 

@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .cells import CELLS
