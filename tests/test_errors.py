@@ -96,3 +96,16 @@ def test_one_step_call_checks_shape():
 def test_empty_sequence(layer):
     with pytest.raises(ValueError, match="empty"):
         layer(jnp.ones((0, X)))
+
+
+def test_inputs_wider_than_the_cell():
+    """bfloat16 parameters and state with float32 inputs: each step would return a float32 state.
+    Real inputs to a cell with a complex state (LRU) widen nothing."""
+    gru = recurrax.GRU(X, H, key=KEY)
+    narrow = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                                    gru)
+    with pytest.raises(TypeError, match=r"xs has dtype float32, wider than the cell's bfloat16 state"):
+        recurrax.scan(narrow, jnp.ones((5, X), jnp.float32))
+    assert recurrax.scan(narrow, jnp.ones((5, X), jnp.bfloat16))[0].dtype == jnp.bfloat16
+    lru = recurrax.get_cell_class("lru")(X, H, key=KEY)
+    assert recurrax.scan(lru, jnp.ones((5, X), jnp.float32))[0].shape == (5, lru.output_size)

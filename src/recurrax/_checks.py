@@ -50,6 +50,19 @@ def sequence(xs: Any, input_size: int, what: str = "xs") -> jax.Array:
     return xs
 
 
+def inputs_fit_state(xs: jax.Array, state: Any, what: str = "xs") -> None:
+    """Check that ``xs``'s dtype does not widen the state's (float64 inputs to a float32 cell, or
+    float32 inputs to a bfloat16 one): the step's new state would then have another dtype than
+    the state it started from, which no scan carries."""
+    for leaf in jax.tree_util.tree_leaves(state):
+        dtype = jnp.result_type(leaf)
+        if jnp.result_type(xs.dtype, dtype) != dtype:
+            raise TypeError(
+                f"{what} has dtype {xs.dtype}, wider than the cell's {dtype} state and parameters; cast the "
+                f"inputs (xs.astype(jnp.{dtype})) or the cell's parameters to one dtype"
+            )
+
+
 def step_flags(name: str, flags: Any, length: int) -> jax.Array | None:
     """Check a per-step boolean array (``starts`` or ``mask``) of shape (T,)."""
     if flags is None:

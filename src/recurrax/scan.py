@@ -144,6 +144,7 @@ def scan(
     mask = _checks.step_flags("mask", mask, length)
     h0 = cell.init_state() if state is None else _checks.state_like("state", state, cell.init_state())
     h_reset = h0 if reset_state is None else _checks.state_like("reset_state", reset_state, cell.init_state())
+    _checks.inputs_fit_state(xs, h0)
 
     if reverse:
         xs = jnp.flip(xs, 0)
