@@ -27,6 +27,12 @@ import jax
 import jax.numpy as jnp
 
 
+def _next_step(t, length: int, reverse: bool):
+    """The index of the step after step ``t`` in the loop's order, clamped to the sequence (the
+    last step reads ahead at its own index; nobody uses what it reads)."""
+    return jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, length - 1)
+
+
 def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False, unroll: int = 1,
                     loop: Callable = jax.lax.scan):
     """``jax.lax.scan(body, init, xs, reverse=reverse, unroll=unroll)``: ``(final carry, stacked ys)``.
@@ -40,7 +46,7 @@ def scan_prefetched(body: Callable, init: Any, xs: Any, *, reverse: bool = False
 
     def step(carry, t):
         inner, x = carry
-        upcoming = jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, length - 1)
+        upcoming = _next_step(t, length, reverse)
         x_next = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, upcoming, 0, False), xs)
         inner, y = body(inner, x)
         return (inner, x_next), y
@@ -96,7 +102,7 @@ def scan_in_place(body: Callable, init: Any, xs: Any, buffers: Any, *, reverse: 
         t, x = inputs
         inner, y = body(inner, (x, slot))
         buffers = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), buffers, y)
-        upcoming = jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, length - 1)
+        upcoming = _next_step(t, length, reverse)
         slot = jax.tree_util.tree_map(lambda b: jax.lax.dynamic_index_in_dim(b, upcoming, 0, False), buffers)
         return (inner, buffers, slot), None
 
