@@ -136,6 +136,24 @@ def test_task_training_from_the_command_line(tmp_path, capsys):
     assert results["task"] == "adding" and results["steps"] == 6 and results["baseline_metric"] == pytest.approx(1 / 6)
 
 
+def test_gradient_flow_from_the_command_line(tmp_path, capsys):
+    """``--seeds N`` averages over the seeds 0..N-1; the CSV holds one curve per cell, last step first."""
+    import csv
+
+    from recurrax.diagnostics.gradient_flow import gradient_flow
+
+    args = ["gradients", "--cells", "elman,lstm", "--length", "12", "--hidden", "8", "--input", "3", "--seeds", "2",
+            "--batch", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "far/near" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "gradient_flow.csv")))
+    assert [int(r["t"]) for r in rows] == list(range(12))
+    want = gradient_flow(["elman", "lstm"], 12, hidden_size=8, input_size=3, seeds=(0, 1), batch=2)
+    for name, curve in want.items():
+        assert [float(r[name]) for r in rows] == pytest.approx(curve[::-1], rel=1e-5)
+    assert (tmp_path / "gradient_flow.png").exists()
+
+
 def test_default_warmup_fits_a_short_run():
     from recurrax.cli import _options, build_parser
 

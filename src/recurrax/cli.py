@@ -293,8 +293,8 @@ def _cmd_gradients(args: argparse.Namespace) -> None:
     unknown = [c for c in cells if c not in CELLS]
     if unknown or not cells:
         raise UsageError(f"unknown cell(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(CELLS)}")
-    curves = gradient_flow(cells, args.length, hidden_size=args.hidden, input_size=args.input, seeds=args.seeds,
-                           batch=args.batch)
+    curves = gradient_flow(cells, args.length, hidden_size=args.hidden, input_size=args.input,
+                           seeds=tuple(range(args.seeds)), batch=args.batch)
     paths = write_report(curves, args.out)
     print(format_table(curves))
     print("written: " + ", ".join(str(p) for p in paths.values()))
