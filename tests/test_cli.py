@@ -74,6 +74,7 @@ def test_resume_continues_a_run(lm_run, tmp_path):
     [
         (["train", "--data", "/no/such/file.txt"], "not found"),
         (["train", "--resume", "/tmp"], "not a run directory"),
+        (["train", "--resume", "/tmp", "--steps", "30"], "other options were given (steps=30)"),
         (["generate", "/tmp"], "not a run directory"),
         (["train", "--task", "text", "--bidirectional"], "cannot read the future"),
         (["train", "--task", "adding", "--option", "colour=3"], "has no option 'colour'"),

@@ -130,7 +130,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation, dropout)")
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", type=Path, help="where to save the run [runs/TASK-CELL-TIME]")
-    g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run (other options ignored)")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run with its own options (no others may be given)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("language model")
     g.add_argument("--ngram-order", type=int, default=24,
@@ -172,12 +172,23 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _options_given(args: argparse.Namespace) -> list[str]:
+    """The training options of ``args`` that differ from their defaults, as ``name=value``."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    return [f"{key}={value}" for key, value in vars(args).items()
+            if key not in ("func", "resume", "quiet") and value != defaults.get(key)]
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from .lm.job import train_language_model
     from .train import run_dir as runs
     from .train.task_job import train_task
 
     if args.resume is not None:
+        given = _options_given(args)
+        if given:
+            raise UsageError("--resume continues a run with the options it was started with; other options were "
+                             f"given ({', '.join(given)}): drop them, or start a new run")
         stored = runs.read_config(args.resume)
         if "options" not in stored:
             raise UsageError(f"{args.resume} was not made by `recurrax train`")
