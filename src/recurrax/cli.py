@@ -130,7 +130,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation, dropout)")
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", type=Path, help="where to save the run [runs/TASK-CELL-TIME]")
-    g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run with its own options (no others may be given)")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run with its own options (no others may be given)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("language model")
     g.add_argument("--ngram-order", type=int, default=24,
