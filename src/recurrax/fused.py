@@ -132,9 +132,7 @@ class Rule(NamedTuple):
       the residuals (:func:`recurrax._loops.scan_in_place`) instead of into buffers of their own.
       LSTM's gate activations and their pre-activation gradients are both T x 4H; GRU saves its
       gates (r, z, n) and W_hn h + b_hn, and its backward step returns the gradients of the
-      same four blocks. At B = 32, T = 200, H = 128 the training step's scratch memory falls
-      from 34.6 to 28.1 MiB (LSTM) and from 34.4 to 31.3 MiB (GRU); see :func:`_attach_bwd` for
-      what that does to its time.
+      same four blocks. What that saves in memory and time: :func:`_attach_bwd`.
     """
 
     consts: Callable
@@ -641,8 +639,8 @@ def _attach_bwd(static, saved, cts):
     H = 128 a training step then needs 28.1 instead of 34.6 MiB of scratch memory (LSTM), 31.3
     instead of 34.4 (GRU), under the 32 MiB above which glibc maps every block afresh from the
     kernel. With glibc's defaults the LSTM step went from 31.3-31.8 to 22.1-22.3 ms and GRU's
-    from 26.8-27.6 to 18.1-18.3 ms, their times with freed memory kept (:mod:`recurrax.allocator`;
-    those did not change). LSTM at B = 32, T = 1000: 159-162 -> 151-152 ms, at B = 256:
+    from 26.8-27.6 to 18.1-18.3 ms, the times both take where the process keeps freed memory
+    (:mod:`recurrax.allocator`), which this did not change. LSTM at B = 32, T = 1000: 159-162 -> 151-152 ms, at B = 256:
     210-215 -> 199 ms; other sizes within 2%.
     """
     h0, h_reset, consts, states, res, starts, mask = saved
