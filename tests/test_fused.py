@@ -98,8 +98,9 @@ def test_fused_elman_activations(name, activation):
     assert_fused_matches_plain(v, ((False, True),))
 
 
-def test_fused_rematerialised_chunks_equal_plain():
-    v = variables("lstm")
+@pytest.mark.parametrize("name", ["lstm", "gru", "forget-elman"])
+def test_fused_rematerialised_chunks_equal_plain(name):
+    v = variables(name)
     assert_fused_matches_plain(v, ((False, True),), chunk_size=3)
 
 
