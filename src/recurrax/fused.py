@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import itertools
 from typing import Callable, Iterator, NamedTuple
 
 import jax
@@ -677,8 +678,7 @@ def _attach_bwd(static, saved, cts):
             d_in = tree_where(start, _tree_zeros(d_in), d_in)
         if valid is not None:
             d_in = tree_where(valid, d_in, ds)
-            dp = jax.tree_util.tree_map(lambda d: jnp.where(valid, d, 0), dp)
-            extra = jax.tree_util.tree_map(lambda e: jnp.where(valid, e, 0), extra)
+            dp, extra = jax.tree_util.tree_map(lambda d: jnp.where(valid, d, 0), (dp, extra))
         return (d_in, d_reset), (dp, extra)
 
     init = (d_final, _tree_zeros(h0) if starts is not None else None)
@@ -726,22 +726,13 @@ _attach = jax.custom_vjp(_attach, nondiff_argnums=(0,))
 _attach.defvjp(_attach_fwd, _attach_bwd)
 
 
-def _gate_split(blocks: tuple[int, ...], hidden: int) -> list[int]:
-    """Where ``Rule.gate_blocks`` cut the stacked gates (for ``jnp.split``)."""
-    cuts, total = [], 0
-    for width in blocks[:-1]:
-        total += width * hidden
-        cuts.append(total)
-    return cuts
-
-
 def _input_carriers(cell: Cell, xs, blocks: tuple[int, ...]):
     """The input projections ``xs @ W_ihᵀ + b`` as gradient carriers: one array, or for
     ``Rule.gate_blocks`` a tuple of one product per block of gates, whose cotangents are the
     backward step's per-block gradients."""
     if not blocks:
         return jax.vmap(cell.project)(xs)
-    cuts = _gate_split(blocks, cell.hidden_size)
+    cuts = [width * cell.hidden_size for width in itertools.accumulate(blocks[:-1])]
     weights = jnp.split(cell.weight_ih, cuts)
     biases = jnp.split(cell.bias, cuts)
     return tuple(xs @ w.T + b for w, b in zip(weights, biases))
