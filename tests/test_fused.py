@@ -213,7 +213,7 @@ def test_where_the_input_projection_runs(monkeypatch, memory_kept):
     assert recurrax.fused.project_in_loop(gru, mid, fits, inference=True)
 
 
-@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("name", ["mgu", "gru", "lstm"])
 def test_a_batch_of_states_over_one_shared_sequence_equals_plain(name):
     """vmap over initial states only (the inputs unbatched): the hoisted projection is then computed
     once for all, and values and gradients still equal the plain loop's."""
