@@ -78,7 +78,11 @@ def test_resume_continues_a_run(lm_run, tmp_path):
         (["generate", "/tmp"], "not a run directory"),
         (["train", "--task", "text", "--bidirectional"], "cannot read the future"),
         (["train", "--task", "adding", "--option", "colour=3"], "has no option 'colour'"),
-        (["train", "--task", "adding", "--data", "x.txt"], "--data is for --task text"),
+        (["train", "--task", "adding", "--data", "x.txt"], "--data: for --task text"),
+        (["train", "--task", "adding", "--level", "word", "--tie-weights"], "--level, --tie-weights: for --task text"),
+        (["train", "--task", "adding", "--weight-decay", "0.1"], "--weight-decay is AdamW's"),
+        (["train", "--task", "adding", "--length", "30", "--option", "length=12"], "the length is given twice"),
+        (["generate", "/tmp", "--length", "5"], "not a run directory"),
         (["gradients", "--cells", "elman,transformer"], "unknown cell"),
     ],
 )
@@ -107,6 +111,14 @@ def test_unknown_choices_and_bad_values_exit_2(capsys):
             main(["train", "--dynamic-lr", value])
         assert exit_info.value.code == 2
         assert "--dynamic-lr: must be 'auto' or a number >= 0" in capsys.readouterr().err
+    for args, message in [(["train", "--lr", "inf"], "--lr: must be a positive number"),
+                          (["train", "--sample-length", "-3"], "--sample-length: must be a number >= 0"),
+                          (["train", "--clip", "-1"], "--clip: must be a number >= 0"),
+                          (["generate", "run", "--length", "-5"], "--length: must be a number >= 0")]:
+        with pytest.raises(SystemExit) as exit_info:  # refused before any work
+            main(args)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_existing_run_is_not_overwritten_and_prompt_must_be_in_vocabulary(lm_run, capsys):
@@ -117,6 +129,57 @@ def test_existing_run_is_not_overwritten_and_prompt_must_be_in_vocabulary(lm_run
     assert (run / "checkpoint.eqx").read_bytes() == before
     assert main(["generate", str(run), "--prompt", "Zebra€"]) == 2
     assert "not in the vocabulary" in capsys.readouterr().err
+
+
+def test_generate_reuses_the_prompt_of_the_run(lm_run, capsys):
+    _, _, run = lm_run  # its corpus has no capital T: the run sampled from its first character
+    prompt = json.loads((run / "results.json").read_text())["prompt"]
+    assert prompt == "t"
+    assert main(["generate", str(run), "--length", "3"]) == 0
+    assert capsys.readouterr().out.startswith(prompt)
+
+
+def test_word_level_generation_shows_the_prompt_as_the_model_reads_it(tmp_path, capsys):
+    text = tmp_path / "words.txt"
+    text.write_text("The cat sat on the mat .\nThe dog sat on the log .\n" * 40)
+    run = tmp_path / "words"
+    args = TINY_LM + ["--level", "word", "--chunk", "8", "--sample-length", "0"]
+    assert main(["train", "--data", str(text), "--run-dir", str(run)] + args) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--length", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The ") and "  " not in out
+    assert main(["generate", str(run), "--prompt", "The zebra", "--length", "0"]) == 0
+    assert capsys.readouterr().out.strip() == "The <unk>"
+
+
+def test_a_diverging_run_is_one_message_and_a_run_without_checkpoint_resumes_from_the_start(tmp_path, capsys):
+    run = tmp_path / "diverged"
+    args = ["train", "--task", "adding", "--length", "8", "--hidden", "4", "--steps", "6", "--eval-every", "3",
+            "--train-size", "32", "--valid-size", "16", "--quiet", "--run-dir", str(run)]
+    assert main(args + ["--lr", "1e30", "--clip", "0"]) == 2
+    assert "the training loss became" in capsys.readouterr().err
+    assert not (run / "checkpoint.eqx").exists()  # diverged before its first checkpoint
+    (run / "config.json").write_text((run / "config.json").read_text().replace("1e+30", "0.001"))
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "starts again from step 0" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+
+
+def test_a_torn_last_line_of_the_metrics_log_does_not_stop_a_resume(lm_run, tmp_path, capsys):
+    import shutil
+
+    _, _, run = lm_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    with (copy / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5')  # the process stopped while appending
+    assert main(["train", "--resume", str(copy)]) == 0
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] <= 4 for line in lines)
+    (copy / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    assert main(["train", "--resume", str(copy)]) == 2
+    assert "metrics.jsonl, line 2, is not a metrics record" in capsys.readouterr().err
 
 
 def test_corpus_too_small_for_the_context(tmp_path, capsys):

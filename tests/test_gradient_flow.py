@@ -77,6 +77,31 @@ def test_norms_equal_finite_differences_of_the_numpy_reference(cell_name):
         np.testing.assert_allclose(norms[t - 1], np.linalg.norm(grad), rtol=1e-5)
 
 
+def _every_entry(state):
+    """The state's entries as one real vector, leaf by leaf, real then imaginary parts."""
+    parts = []
+    for leaf in jax.tree_util.tree_leaves(state):
+        parts += [leaf.real, leaf.imag] if jnp.iscomplexobj(leaf) else [leaf]
+    return jnp.concatenate([p.ravel() for p in parts])
+
+
+@pytest.mark.parametrize("cell_name", ["lru", "s6", "ffm", "linear-attention", "gated-deltanet"])
+def test_default_loss_reads_every_entry_of_a_matrix_or_complex_state(cell_name):
+    """These states have no real hidden vector: the default loss is u·(all entries), u a unit vector."""
+    with jax.enable_x64(True):
+        cell, xs = _make(cell_name)
+        norms = gradient_norms(cell, xs)
+        size = _every_entry(cell.init_state()).size
+        u = np.random.default_rng(0).standard_normal(size)
+        loss = lambda state: jnp.dot(u / np.linalg.norm(u), _every_entry(state))  # noqa: E731
+        for t in (1, 6, T):
+            h_t = _run(cell, cell.init_state(), xs[:t])
+            grad = jax.grad(lambda h: loss(_run(cell, h, xs[t:])))(h_t)
+            expected = np.sqrt(sum(float(jnp.sum(jnp.abs(g) ** 2)) for g in jax.tree_util.tree_leaves(grad)))
+            np.testing.assert_allclose(norms[t - 1], expected, rtol=1e-10)
+    assert norms[-1] == pytest.approx(1.0)
+
+
 def test_default_loss_is_normalised_at_the_last_step_and_float32_agrees_with_float64():
     cell, xs = _make("lstm")
     norms = gradient_norms(cell, xs)

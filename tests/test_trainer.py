@@ -19,21 +19,39 @@ def sum_task(n, seed, length=6):
     return {"inputs": x, "targets": np.cumsum(x, axis=1).astype(np.float32), "mask": np.ones((n, length), bool)}
 
 
-def run(tmp_path=None, steps=24, resume=False, **overrides):
+def run(tmp_path=None, steps=24, resume=False, interrupt=None, **overrides):
+    """Train a small GRU; ``interrupt``: ("batch" | "evaluation", n) raises KeyboardInterrupt at the
+    n-th batch drawn or the n-th evaluation (counting from 1), as Ctrl-C there would."""
     model = recurrax.SequenceModel("gru", 1, 8, 1, key=jax.random.key(0))
     valid = sum_task(16, 1)
     config = TrainConfig(**{"steps": steps, "batch_size": 8, "learning_rate": 3e-2, "eval_every": 8, "log_every": 8,
                             **overrides})
-    return fit(
-        model,
-        ShuffledBatches(sum_task(40, 0), config.batch_size, config.seed),
-        objective="per-step-mse",
-        config=config,
-        evaluate=lambda m: evaluate_sequences(m, valid, objective="per-step-mse", metric="mse"),
-        run_dir=tmp_path,
-        resume=resume,
-        progress=False,
-    )
+    source = ShuffledBatches(sum_task(40, 0), config.batch_size, config.seed)
+    calls = {"batch": 0, "evaluation": 0}
+
+    def interrupted(kind):
+        calls[kind] += 1
+        if interrupt == (kind, calls[kind]):
+            raise KeyboardInterrupt
+
+    def evaluate(m):
+        interrupted("evaluation")
+        return evaluate_sequences(m, valid, objective="per-step-mse", metric="mse")
+
+    class Interrupted(ShuffledBatches):
+        def batch(self, epoch, index):
+            interrupted("batch")
+            return super().batch(epoch, index)
+
+    source.__class__ = Interrupted
+    return fit(model, source, objective="per-step-mse", config=config, evaluate=evaluate, run_dir=tmp_path,
+               resume=resume, progress=False)
+
+
+def assert_same_run(a, b):
+    assert losses(a.records) == losses(b.records)
+    for x, y in zip(jax.tree_util.tree_leaves(a.model), jax.tree_util.tree_leaves(b.model)):
+        np.testing.assert_array_equal(x, y)
 
 
 def losses(records):
@@ -59,23 +77,69 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, bptt):
     with (tmp_path / "split" / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 17, "loss": 123.0}) + "\n")
     resumed = run(tmp_path / "split", resume=True, **bptt)
-    assert losses(resumed.records) == losses(whole.records)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.model), jax.tree_util.tree_leaves(whole.model)):
-        np.testing.assert_array_equal(a, b)
+    assert_same_run(resumed, whole)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_survives(tmp_path):
-    run(tmp_path)
-    path = tmp_path / "checkpoint.eqx"
+def test_resume_reads_the_previous_checkpoint_when_the_last_is_corrupt(tmp_path, capsys):
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.eqx"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(checkpoint.CheckpointError, match="truncated.*previous checkpoint is kept at"):
-        run(tmp_path, resume=True)
-    path.write_bytes(data[:-10] + bytes(10))
-    with pytest.raises(checkpoint.CheckpointError, match="checksum"):
-        run(tmp_path, resume=True)
-    prev = checkpoint.read_metadata(checkpoint.previous_path(path))
-    assert prev["step"] == 16
+    resumed = run(tmp_path / "run", resume=True)
+    assert "truncated" in capsys.readouterr().out
+    assert resumed.start_step == 16  # from checkpoint.eqx.prev
+    assert_same_run(resumed, whole)
+    for corrupt in (path, checkpoint.previous_path(path)):
+        corrupt.write_bytes(data[:-10] + bytes(10))
+    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint.*checksum"):
+        run(tmp_path / "run", resume=True)
+
+
+def test_save_leaves_a_complete_checkpoint_whenever_it_stops(tmp_path, monkeypatch):
+    path = tmp_path / "c.eqx"
+    checkpoint.save(path, {"w": np.ones(3)}, {"step": 1})
+    checkpoint.save(path, {"w": np.full(3, 2.0)}, {"step": 2})
+    replace = checkpoint.os.replace
+
+    def dies_before_the_last_rename(src, dst):
+        if str(src).endswith(".new"):
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dies_before_the_last_rename)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, {"w": np.full(3, 3.0)}, {"step": 3})
+    assert checkpoint.load(path, {"w": np.zeros(3)})[1]["step"] == 2
+    assert checkpoint.read_metadata(checkpoint.previous_path(path))["step"] == 2
+    tree, meta, read, problems = checkpoint.load_latest(path, {"w": np.zeros(3)})
+    assert (meta["step"], read.name, problems) == (3, "c.eqx.new", [])
+    np.testing.assert_array_equal(tree["w"], np.full(3, 3.0))
+
+
+@pytest.mark.parametrize("interrupt", [("batch", 14), ("evaluation", 2)])
+def test_an_interrupted_run_saves_and_resumes_exactly(tmp_path, interrupt, capsys):
+    whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", interrupt=interrupt)
+    meta = checkpoint.read_metadata(tmp_path / "run" / "checkpoint.eqx")
+    # fit draws one batch for its shapes, so at the 14th 12 steps are done; the 2nd evaluation comes
+    # at step 16, and is still due
+    assert (meta["step"], meta["evaluation_due"]) == ((12, False) if interrupt[0] == "batch" else (16, True))
+    assert "interrupted at step" in capsys.readouterr().out
+    resumed = run(tmp_path / "run", resume=True)
+    assert_same_run(resumed, whole)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses(logged) == losses(whole.records)
+
+
+def test_resuming_a_run_without_a_checkpoint_starts_it_again(tmp_path, capsys):
+    whole = run(tmp_path / "whole")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    resumed = run(tmp_path / "run", resume=True)
+    assert "starts again from step 0" in capsys.readouterr().out
+    assert_same_run(resumed, whole)
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):

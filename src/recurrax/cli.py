@@ -7,6 +7,8 @@ not one, ...) prints one clear message and exits with status 2; nothing is overw
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,11 @@ def _defaults(key: str) -> str:
     return f"[{text}]" if text == task else f"[{text} / {task}]"
 
 
+TEXT_ONLY = ("data", "level", "min_count", "tie_weights", "ngram_order", "sample_length", "prompt", "temperature",
+             "dynamic_lr", "memory")
+"""Options of ``train`` that only language models read."""
+
+
 class UsageError(Exception):
     """Bad input from the user: reported in one line, exit status 2."""
 
@@ -50,10 +57,22 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _positive(kind):
+    """An argparse type: a positive (finite) number of ``kind``."""
     def parse(text: str):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def _non_negative(kind):
+    """An argparse type: zero or a positive (finite) number of ``kind``."""
+    def parse(text: str):
+        value = kind(text)
+        if not 0 <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
         return value
 
     return parse
@@ -122,11 +141,12 @@ def _train_parser(sub) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule {_defaults('schedule')}")
     g.add_argument("--warmup", type=int,
                    help=f"linear warmup steps {_defaults('warmup')}, at most a tenth of --steps unless given")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
+    g.add_argument("--weight-decay", type=_non_negative(float), default=0.0, help="AdamW weight decay (--optimizer adamw)")
+    g.add_argument("--clip", type=_non_negative(float), default=1.0, help="clip gradients to this global norm (0: off)")
     g.add_argument("--eval-every", type=_positive(int), help=f"evaluate and checkpoint every N steps {_defaults('eval_every')}")
     g.add_argument("--patience", type=_positive(int), help="stop after N evaluations without improvement")
-    g.add_argument("--log-every", type=_positive(int), help="progress line every N steps when not on a terminal")
+    g.add_argument("--log-every", type=_positive(int),
+                   help=f"progress line every N steps when not on a terminal {_defaults('log_every')}")
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, initialisation, dropout)")
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", type=Path, help="where to save the run [runs/TASK-CELL-TIME]")
@@ -137,7 +157,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--ngram-order", type=int, default=24,
                    help="n-gram baselines up to this order (0: none); on the built-in corpus Kneser-Ney is best "
                    "around order 24")
-    g.add_argument("--sample-length", type=int, default=400, help="tokens to generate at the end (0: none)")
+    g.add_argument("--sample-length", type=_non_negative(int), default=400, help="tokens to generate at the end (0: none)")
     g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
     g.add_argument("--dynamic-lr", type=_learning_rate_or_auto, default="auto",
@@ -159,6 +179,9 @@ def _options(args: argparse.Namespace) -> dict:
         options["warmup"] = min(options["warmup"], options["steps"] // 10)
     task_options = dict(args.option)
     if args.length is not None:
+        if "length" in task_options:
+            raise UsageError(f"the length is given twice (--length {args.length}, --option length="
+                             f"{task_options['length']}); give one")
         task_options["length"] = args.length
     options["task_options"] = task_options
     if args.task == "text":
@@ -168,8 +191,14 @@ def _options(args: argparse.Namespace) -> dict:
             raise UsageError("a language model trains with truncated BPTT over contiguous text (--bptt truncated)")
         if args.bidirectional:
             raise UsageError("a language model predicts the next token and cannot read the future (--bidirectional)")
-    elif args.data is not None:
-        raise UsageError(f"--data is for --task text; task {args.task!r} generates its own data")
+    else:
+        defaults = vars(build_parser().parse_args(["train"]))
+        given = [key for key in TEXT_ONLY if getattr(args, key) != defaults[key]]
+        if given:
+            names = ", ".join("--" + ("no-memory" if key == "memory" else key.replace("_", "-")) for key in given)
+            raise UsageError(f"{names}: for --task text; task {args.task!r} generates its own data")
+    if options["weight_decay"] and options["optimizer"] != "adamw":
+        raise UsageError(f"--weight-decay is AdamW's; the optimiser is {options['optimizer']} (--optimizer adamw)")
     return options
 
 
@@ -194,8 +223,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if "options" not in stored:
             raise UsageError(f"{args.resume} was not made by `recurrax train`")
         options, run_dir, resume = stored["options"], args.resume, True
-        if not (run_dir / runs.CHECKPOINT).exists():
-            raise UsageError(f"{run_dir} has no checkpoint to resume from (it stopped before its first evaluation)")
     else:
         options = _options(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -205,7 +232,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         resume = False
     print(f"run directory: {run_dir}", flush=True)
     job = train_language_model if options["task"] == "text" else train_task
-    job(options, Path(run_dir), resume=resume, progress=not args.quiet)
+    try:
+        job(options, Path(run_dir), resume=resume, progress=not args.quiet)
+    except FloatingPointError as error:  # diverged: resuming would repeat it
+        raise UsageError(f"{error} (in a new run: another --run-dir, a lower --lr, or --clip)") from error
 
 
 def _load_run(run_dir: Path):
@@ -216,6 +246,8 @@ def _load_run(run_dir: Path):
     config = runs.read_config(run_dir)
     if config.get("task") != "text":
         raise UsageError(f"{run_dir} is a {config.get('task')!r} run, not a language model")
+    if not isinstance(config.get("options"), dict):
+        raise UsageError(f"{run_dir}/config.json has no training options: it was not made by `recurrax train`")
     vocab = Vocabulary.load(run_dir / VOCABULARY)
     skeleton = build_model(config["options"], len(vocab))
     import equinox as eqx
@@ -230,15 +262,20 @@ def _load_run(run_dir: Path):
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from .lm.job import sample_text
+    from .lm.job import RESULTS, default_prompt, sample_text
 
     model, vocab, _ = _load_run(args.run_dir)
+    prompt = args.prompt
+    if prompt is None:  # the prompt of the run's own sample
+        results = args.run_dir / RESULTS
+        prompt = json.loads(results.read_text()).get("prompt") if results.is_file() else None
+        prompt = prompt if prompt is not None else default_prompt(vocab)
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    sample_text(model, vocab, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+    sample_text(model, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, stream=stream)
     sys.stdout.write("\n")
 
@@ -265,8 +302,6 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         nll = token_nll_dynamic(model, ids, learning_rate=args.dynamic_lr)
         report(f"dynamic evaluation (learning rate {args.dynamic_lr:g}, segments of {DEFAULT_SEGMENT}): ", nll)
     if args.memory:
-        import json
-
         from .lm import memory as nn_memory
         from .lm.job import RESULTS, load_text_data
 
@@ -346,21 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text from a trained language model",
                        formatter_class=_HelpFormatter)
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--prompt", default="The ", help="text the model is primed with")
-    p.add_argument("--length", type=int, default=400, help="tokens to generate")
-    p.add_argument("--temperature", type=_positive(float), default=0.8)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a language-model run made by `recurrax train`")
+    p.add_argument("--prompt", help="text the model is primed with [the prompt of the run's own sample]")
+    p.add_argument("--length", type=_non_negative(int), default=400, help="tokens to generate")
+    p.add_argument("--temperature", type=_positive(float), default=0.8,
+                   help="divides the logits: below 1 sharper, above 1 more varied")
     p.add_argument("--top-k", type=_positive(int), help="sample among the k most probable tokens")
     p.add_argument("--top-p", type=_positive(float), help="nucleus sampling: smallest set with probability >= p")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("eval", help="bits per token of a trained language model on a text file")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--data", type=Path, required=True, metavar="FILE")
-    p.add_argument("--dynamic-lr", type=_positive(float),
-                   help="also report dynamic evaluation with this SGD learning rate (results.json of a run gives "
-                   "the one tuned on its validation split)")
+    p = sub.add_parser("eval", help="bits per token of a trained language model on a text file",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a language-model run made by `recurrax train`")
+    p.add_argument("--data", type=Path, required=True, metavar="FILE", help="the text to score (UTF-8)")
+    p.add_argument("--dynamic-lr", type=_non_negative(float), default=0.0,
+                   help="also report dynamic evaluation with this SGD learning rate, 0: not (results.json of a run "
+                   "gives the one tuned on its validation split)")
     p.add_argument("--memory", action="store_true",
                    help="also report the model with the nearest-neighbour memory of its training text mixed in, "
                    "with the weight and temperature the run tuned on its validation split")
@@ -370,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter)
     p.add_argument("--order", type=_positive(int), default=5, help="largest n")
     p.add_argument("--data", metavar="FILE", help="text file (split 90/5/5); default: built-in corpus")
-    p.add_argument("--level", choices=("char", "word"), default="char")
+    p.add_argument("--level", choices=("char", "word"), default="char", help="tokens: characters or words")
     p.add_argument("--min-count", type=_positive(int), default=1, help="word level: rarer words become <unk>")
     p.add_argument("--split", choices=("valid", "test"), default="valid", help="held-out split to score")
     p.set_defaults(func=_cmd_ngram)
@@ -378,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradients", help="gradient flow through time: ||dL_T/dh_t|| for several cells",
                        formatter_class=_HelpFormatter)
     p.add_argument("--cells", default="elman,lstm,gru,mgu", help="comma-separated cells")
-    p.add_argument("--length", type=_positive(int), default=200)
-    p.add_argument("--hidden", type=_positive(int), default=64)
+    p.add_argument("--length", type=_positive(int), default=200, help="sequence length T")
+    p.add_argument("--hidden", type=_positive(int), default=64, help="hidden size of every cell")
     p.add_argument("--input", type=_positive(int), default=8, help="input size")
     p.add_argument("--seeds", type=_positive(int), default=5, help="initialisations averaged over")
     p.add_argument("--batch", type=_positive(int), default=16, help="random input sequences per seed")
@@ -397,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated tasks from: {', '.join(TASKS)}")
     p.add_argument("--cells", default=",".join(DEFAULT_CELLS), help=f"comma-separated cells from: {', '.join(CELLS)}")
-    p.add_argument("--steps", type=_positive(int), default=500, help="optimiser steps per run (the budget)")
+    p.add_argument("--steps", type=_positive(int), default=500, help="optimiser steps per run (the budget; at least 10)")
     p.add_argument("--seeds", type=_positive(int), default=1, help="runs per pair, seeds 0..N-1")
     p.add_argument("--hidden", type=_positive(int), default=64, help="hidden size of every cell")
     p.add_argument("--batch", type=_positive(int), default=32, help="sequences per batch")
@@ -427,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         args.func(args)
-    except (UsageError, CorpusError, RunDirError, CheckpointError, UnknownTokenError, FileNotFoundError,
+    except (UsageError, CorpusError, RunDirError, CheckpointError, UnknownTokenError, OSError,
             ValueError, TypeError) as error:
         print(f"recurrax {args.command}: error: {error}", file=sys.stderr)
         return 2

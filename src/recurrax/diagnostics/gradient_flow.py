@@ -52,21 +52,42 @@ def _unit_vector(hidden_size: int) -> np.ndarray:
     return u / np.linalg.norm(u)
 
 
+def _loss_vector(state: Any) -> jax.Array:
+    """What the default loss reads of a state: its hidden vector h where it has one (a real vector,
+    or the first part of a tuple such as LSTM's (h, c)); else every entry of the state, real and
+    imaginary parts apart (matrix memories such as S6's or linear attention's, complex states)."""
+    h = _hidden(state)
+    if h.ndim == 1 and not jnp.iscomplexobj(h):
+        return h
+    parts = []
+    for leaf in jax.tree_util.tree_leaves(state):
+        parts.extend([leaf.real, leaf.imag] if jnp.iscomplexobj(leaf) else [leaf])
+    return jnp.concatenate([part.ravel() for part in parts])
+
+
+def _loss_size(cell: Cell) -> int:
+    """The length of :func:`_loss_vector` of the cell's state."""
+    return jax.eval_shape(lambda: _loss_vector(cell.init_state())).shape[0]
+
+
 def _projection_loss(u: jax.Array) -> Callable[[Any], jax.Array]:
-    return lambda state: jnp.dot(u, _hidden(state))
+    return lambda state: jnp.dot(u, _loss_vector(state))
 
 
 @functools.lru_cache(maxsize=None)
-def default_loss(hidden_size: int, dtype: Any = jnp.float32) -> Callable[[Any], jax.Array]:
-    r"""The default last-step loss :math:`\ell(h_T) = u^\top h_T` with a fixed random unit vector u.
+def default_loss(size: int, dtype: Any = jnp.float32) -> Callable[[Any], jax.Array]:
+    r"""The default last-step loss :math:`\ell(h_T) = u^\top h_T` with a fixed random unit vector u
+    of ``size`` entries.
 
     u is drawn once from ``numpy.random.default_rng(0)`` (normal, then normalised), so
     :math:`\lVert \partial L_T / \partial h_T \rVert = 1` and every curve starts at 1 at the last
-    step. For every recurrax cell a step's output is its hidden vector h, so this is a loss on
-    the last output; a random direction avoids favouring any unit. The same arguments return the
-    same function, so compiled gradient computations are reused.
+    step. For the cells whose step outputs their hidden vector h (the classic cells, minGRU,
+    RG-LRU) this is a loss on the last output; for cells whose state is a matrix memory or complex
+    (S6, linear attention, gated DeltaNet, FFM, LRU) u reads every entry of the state
+    (:func:`_loss_vector`). A random direction avoids favouring any unit. The same arguments return
+    the same function, so compiled gradient computations are reused.
     """
-    return _projection_loss(jnp.asarray(_unit_vector(hidden_size), dtype))
+    return _projection_loss(jnp.asarray(_unit_vector(size), dtype))
 
 
 @eqx.filter_jit
@@ -88,7 +109,7 @@ def _norms(cell: Cell, xs: jax.Array, loss_fn: Callable[[Any], jax.Array], compo
     zeros = jax.tree_util.tree_map(lambda h: jnp.zeros((length,) + h.shape, h.dtype), h0)
     grads = jax.grad(loss_of_perturbations)(zeros)
     parts = [_hidden(grads)] if component == "h" else jax.tree_util.tree_leaves(grads)
-    return jnp.sqrt(sum(jnp.sum(g.reshape(length, -1) ** 2, axis=1) for g in parts))
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(g.reshape(length, -1)) ** 2, axis=1) for g in parts))
 
 
 def gradient_norms(
@@ -114,9 +135,9 @@ def gradient_norms(
     curve further.
     """
     _checks.choice("component", component, COMPONENTS)
-    dtype = _hidden(cell.init_state()).dtype
+    dtype = jnp.finfo(_hidden(cell.init_state()).dtype).dtype  # float64 for a complex128 state
     xs = _checks.sequence(jnp.asarray(xs, dtype), cell.input_size)
-    loss_fn = default_loss(cell.hidden_size, np.dtype(dtype)) if loss_fn is None else loss_fn
+    loss_fn = default_loss(_loss_size(cell), np.dtype(dtype)) if loss_fn is None else loss_fn
     return np.asarray(_norms(cell, xs, loss_fn, component))
 
 
@@ -165,10 +186,11 @@ def gradient_flow(
     _checks.choice("component", component, COMPONENTS)
     curves = {}
     with jax.enable_x64(True):
-        u = jnp.asarray(_unit_vector(hidden_size), jnp.float64)
         keys = jnp.stack([jax.random.key(int(seed)) for seed in seeds])
         for name in cell_names:
             cls = get_cell_class(name)
+            size = _loss_size(jax.eval_shape(lambda: cls(input_size, hidden_size, key=jax.random.key(0))))
+            u = jnp.asarray(_unit_vector(size), jnp.float64)
             norms = _seed_norms(cls, input_size, hidden_size, batch, length, keys, u, component)
             curves[name] = np.exp(np.log(np.asarray(norms)).reshape(-1, length).mean(0))
     return curves

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .model import check_token_ids
+
 
 class ContiguousBatches:
     """``batch(epoch, i)``: inputs and targets (B, k) from B streams of one text, windows in order."""
@@ -59,9 +61,12 @@ def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
     One stream with the state carried across the whole text, processed ``window`` tokens at a time
     (one compiled function; the last window is padded).
     """
-    ids = np.asarray(ids, np.int32)
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"token_nll scores one text of token ids (T,), got shape {ids.shape}")
     if len(ids) < 2:
         raise ValueError("evaluation needs a text of at least two tokens")
+    ids = np.asarray(check_token_ids(ids, model.vocab_size), np.int32)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     @jax.jit

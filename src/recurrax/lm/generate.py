@@ -38,6 +38,14 @@ def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | N
     return logits
 
 
+def check_sampling(length: int, *, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> None:
+    """Raise ``ValueError`` for a negative ``length`` or sampling options :func:`filter_logits` refuses."""
+    if length < 0:
+        raise ValueError(f"length must be non-negative, got {length}")
+    filter_logits(jnp.zeros(2), temperature=temperature, top_k=top_k, top_p=top_p)
+
+
 def generate(model, prompt_ids: Sequence[int], length: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int = 0, on_token: Callable[[int], None] | None = None) -> list[int]:
     """Sample ``length`` tokens after priming the model with ``prompt_ids`` (at least one id).
@@ -47,9 +55,7 @@ def generate(model, prompt_ids: Sequence[int], length: int, *, temperature: floa
     prompt_ids = np.asarray(prompt_ids, np.int32)
     if prompt_ids.ndim != 1 or len(prompt_ids) == 0:
         raise ValueError("generation needs a prompt of at least one token")
-    if length < 0:
-        raise ValueError(f"length must be non-negative, got {length}")
-    filter_logits(jnp.zeros(2), temperature=temperature, top_k=top_k, top_p=top_p)  # validate options early
+    check_sampling(length, temperature=temperature, top_k=top_k, top_p=top_p)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     @jax.jit

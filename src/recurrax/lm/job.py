@@ -16,12 +16,12 @@ import jax
 import numpy as np
 
 from ..data.corpus import Corpus, builtin_corpus, load_text_file
-from ..train import checkpoint, run_dir as runs
+from ..train import run_dir as runs
 from ..train.trainer import TrainConfig, fit
 from . import memory as nn_memory
 from .batches import ContiguousBatches, evaluate_text, text_scores, token_nll
 from .dynamic import DEFAULT_SEGMENT, LEARNING_RATES, token_nll_dynamic, tune_learning_rate
-from .generate import generate
+from .generate import check_sampling, generate
 from .model import LanguageModel
 from .ngram import SMOOTHINGS, best_row, ngram_report
 from .text import Vocabulary, build_vocabulary
@@ -95,9 +95,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     unit = "character" if data.vocab.level == "char" else "word"
     out(f"corpus {data.corpus.name}: {', '.join(f'{k} {len(v):,}' for k, v in data.ids.items())} {unit}s, "
         f"vocabulary {len(data.vocab)}")
-    prompt = options["prompt"]
-    if prompt is None:  # "The " where the vocabulary has it, else the start of the validation text
-        prompt = "The " if all(t in data.vocab for t in "The ") or data.vocab.level == "word" else data.corpus.valid[:1]
+    prompt = options["prompt"] if options["prompt"] is not None else default_prompt(data.vocab, data.corpus.valid)
     data.vocab.encode(prompt, eos=False)  # an unknown character in the prompt fails now, not after training
 
     config = train_config(options)
@@ -118,7 +116,6 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(model))
     out(f"model: {options['cell']} x{options['layers']}, hidden {options['hidden']}, {n_params:,} parameters; "
         f"{config.steps} steps of {config.batch_size}x{options['chunk']} {unit}s")
-    first_step = checkpoint.read_metadata(run_dir / runs.CHECKPOINT)["step"] if resume else 0
     t_train = time.perf_counter()
     result = fit(
         model, source, objective="per-step-xent", config=config,
@@ -129,7 +126,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     best_model = result.best_model
     static_nll = {split: token_nll(best_model, data.ids[split]) for split in ("valid", "test")}
     valid, test = (text_scores(static_nll[split]) for split in ("valid", "test"))
-    tokens_trained = (result.step - first_step) * config.batch_size * options["chunk"]
+    tokens_trained = (result.step - result.start_step) * config.batch_size * options["chunk"]
     # runs saved before dynamic evaluation and the memory existed get them too
     dynamic_lr = options.get("dynamic_lr", "auto")
     dynamic = memory = None
@@ -146,7 +143,7 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
         "dynamic": dynamic, "memory": memory,
         "unit": unit, "steps": result.step, "stopped_early": result.stopped_early,
         "train_seconds": train_seconds, "tokens_per_second": tokens_trained / train_seconds,
-        "total_seconds": time.perf_counter() - started, "ngram": baselines,
+        "total_seconds": time.perf_counter() - started, "ngram": baselines, "prompt": prompt,
     }
     _report(results, baselines, unit, out)
     runs.write_json(run_dir / RESULTS, results)
@@ -233,17 +230,33 @@ def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str]
             out(f"best n-gram on {split}: {best['order']}-gram {best['smoothing']} {best['bits_per_token']:.4f} bits/{unit}")
 
 
+def default_prompt(vocab: Vocabulary, text: str | None = None) -> str:
+    """The prompt of a run's sample when none is given: "The " where the vocabulary has it (words:
+    always, unknown words becoming the unknown token), else the first character of ``text`` (the
+    validation text), else the vocabulary's first character."""
+    if vocab.level == "word" or all(t in vocab for t in "The "):
+        return "The "
+    if text:
+        return text[:1]
+    return next(t for t in vocab.tokens if len(t) == 1)
+
+
 def sample_text(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, *, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                 stream: Callable[[str], None] | None = None) -> str:
     """The prompt followed by ``length`` sampled tokens, decoded.
 
-    ``stream`` gets the prompt, then each new piece as soon as it is sampled.
+    ``stream`` gets the prompt, then each new piece as soon as it is sampled. At word level the
+    prompt is shown as the model reads it: its words joined by spaces, unknown ones as the unknown
+    token.
     """
+    check_sampling(length, temperature=temperature, top_k=top_k, top_p=top_p)  # before the prompt is shown
     prompt_ids = vocab.encode(prompt, eos=False)
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one character or word")
     sep = "" if vocab.level == "char" else " "
+    if sep:
+        prompt = vocab.decode(prompt_ids)
     if stream is not None:
         stream(prompt)
     on_token = None if stream is None else (lambda i: stream(sep + vocab.decode([i])))

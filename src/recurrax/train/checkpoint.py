@@ -6,10 +6,11 @@ pytree serialised with ``equinox.tree_serialise_leaves``. Reading checks all thr
 truncated or corrupted file gives a :class:`CheckpointError` naming the file, never a garbled
 model.
 
-:func:`save` writes to a temporary file in the same directory, flushes it to disk, moves the
-current checkpoint to ``<name>.prev`` and renames the new one into place, so at every instant the
-directory holds a complete checkpoint, and the previous good one survives a crash or a corrupt
-write.
+:func:`save` writes the new checkpoint to ``<name>.new`` (a temporary file flushed to disk, then
+renamed), keeps the current one as ``<name>.prev`` (a hard link, or a copy where the file system
+has none) and renames ``<name>.new`` over ``<name>``: at every instant ``<name>`` is a complete
+checkpoint, and a crash at any point leaves the newest complete one among ``<name>.new``,
+``<name>`` and ``<name>.prev``, which :func:`load_latest` reads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode any new file gets (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -57,17 +60,71 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> No
               "metadata": metadata or {}}
     data = MAGIC + json.dumps(header).encode() + b"\n" + payload
     path = Path(path)
-    tmp = path.with_name(path.name + ".new")
-    atomic_write_bytes(tmp, data)
+    new = _new_path(path)
+    atomic_write_bytes(new, data)
     if path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+        _keep_as(path, previous_path(path))
+    os.replace(new, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _keep_as(path: Path, target: Path) -> None:
+    """Make ``target`` a complete copy of ``path`` (a hard link where possible), replacing it atomically."""
+    staged = target.with_name(target.name + ".tmp")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, staged)
+    os.replace(staged, target)
+
+
+def _new_path(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
 
 
 def previous_path(path: str | os.PathLike) -> Path:
     """Where :func:`save` keeps the checkpoint it replaced."""
     path = Path(path)
     return path.with_name(path.name + ".prev")
+
+
+def candidates(path: str | os.PathLike) -> list[Path]:
+    """The files a checkpoint saved at ``path`` may be in, newest first: ``.new`` (left by a crash
+    before it was renamed into place), ``path`` itself, ``.prev``."""
+    path = Path(path)
+    return [_new_path(path), path, previous_path(path)]
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether any of the :func:`candidates` of ``path`` exists."""
+    return any(candidate.exists() for candidate in candidates(path))
+
+
+def load_latest(path: str | os.PathLike, like: Any) -> tuple[Any, dict, Path, list[str]]:
+    """Load the newest readable checkpoint among the :func:`candidates` of ``path``.
+
+    Returns ``(tree, metadata, file read, problems)``, ``problems`` naming each newer candidate that
+    could not be read (truncated, corrupt); raises :class:`CheckpointError` when none can be read.
+    """
+    problems = []
+    for candidate in candidates(path):
+        if not candidate.exists():
+            continue
+        try:
+            tree, metadata = load(candidate, like)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        return tree, metadata, candidate, problems
+    if not problems:
+        raise CheckpointError(f"no checkpoint at {path}")
+    raise CheckpointError("no readable checkpoint: " + "; ".join(problems))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

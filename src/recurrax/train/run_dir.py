@@ -58,8 +58,8 @@ class MetricsLog:
         """Drop records after ``step`` (written after the checkpoint a resumed run starts from)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+        kept = [record for record in self.read() if record["step"] <= step]
+        atomic_write_bytes(self.path, "".join(json.dumps(record) + "\n" for record in kept).encode())
 
     def append(self, records: list[dict]) -> None:
         if records:
@@ -67,9 +67,23 @@ class MetricsLog:
                 f.writelines(json.dumps(record) + "\n" for record in records)
 
     def read(self) -> list[dict]:
+        """The records; a last line cut short (the process stopped while appending it) is left out."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        lines = self.path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                record["step"]
+            except (ValueError, TypeError, KeyError) as error:
+                if number == len(lines):
+                    break
+                raise RunDirError(f"{self.path}, line {number}, is not a metrics record: {error}") from error
+            records.append(record)
+        return records
 
 
 def plot_losses(run_dir: str | os.PathLike, records: list[dict], *, ylabel: str = "loss") -> Path:

@@ -178,6 +178,7 @@ class FitResult:
     best_valid_loss: float
     stopped_early: bool
     records: list[dict]
+    start_step: int = 0
 
 
 def _curriculum_unit(config: TrainConfig, source: BatchSource, step: int, length: int) -> tuple[int, int, int]:
@@ -221,35 +222,75 @@ def fit(
     best_params = params
     log = None
 
+    evaluation_due = False  # the evaluation and checkpoint at ``step`` have yet to run
     if run_dir is not None:
         run_dir = Path(run_dir)
         log = runs.MetricsLog(run_dir)
         ckpt_path = run_dir / runs.CHECKPOINT
-        if resume:
-            (params, opt_state, carry), meta = checkpoint.load(ckpt_path, (params, opt_state, carry))
+        if resume and checkpoint.exists(ckpt_path):
+            (params, opt_state, carry), meta, read, problems = checkpoint.load_latest(ckpt_path, (params, opt_state, carry))
+            for problem in problems:
+                print(f"warning: {problem}; resuming from {read} (step {meta['step']})", flush=True)
             start, best_loss, best_step, bad_evals = meta["step"], meta["best_valid_loss"], meta["best_step"], meta["bad_evals"]
+            evaluation_due = meta.get("evaluation_due", False)
             best_params = params
-            if (run_dir / runs.BEST).exists():
-                best_params = checkpoint.load(run_dir / runs.BEST, params)[0]
+            if checkpoint.exists(run_dir / runs.BEST):
+                best_params = checkpoint.load_latest(run_dir / runs.BEST, params)[0]
             log.truncate_after(start)
         else:
+            if resume:
+                print(f"{run_dir} has no checkpoint yet: its run starts again from step 0", flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             log.path.unlink(missing_ok=True)
             runs.write_config(run_dir, {**(run_config or {}), "train": config.to_dict()})
 
-    def save_checkpoint(step):
+    def save_checkpoint(step, early_stopping, due=False):
         if run_dir is not None:
-            meta = {"step": step, "best_valid_loss": best_loss, "best_step": best_step, "bad_evals": bad_evals}
+            loss, at, bad = early_stopping
+            meta = {"step": step, "best_valid_loss": loss, "best_step": at, "bad_evals": bad, "evaluation_due": due}
             checkpoint.save(ckpt_path, (params, opt_state, carry), meta)
 
     bar = Progress(config.steps, start=start, every=config.log_every, enabled=progress)
     key = jax.random.key(config.seed)
     pending: list[dict] = []  # records not yet written to the log
     history: list[dict] = log.read() if log is not None else []
+
+    def close_interval(step) -> bool:
+        """Evaluate, checkpoint and log at the end of an interval; whether to stop early.
+
+        The early-stopping state changes only once the checkpoint holding its new value is written:
+        an interrupt before then saves the old one with the evaluation still due, and the resumed
+        run repeats it."""
+        nonlocal best_loss, best_step, bad_evals, best_params, pending, evaluation_due
+        new_best = (best_loss, best_step, bad_evals, best_params)
+        if evaluate is not None:
+            result = evaluate(eqx.combine(params, static))
+            pending.append({"step": step, **result})
+            history.append(pending[-1])
+            bar.message(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in result.items()))
+            if result["valid_loss"] < best_loss:
+                new_best = (result["valid_loss"], step, 0, params)
+                if run_dir is not None:
+                    checkpoint.save(run_dir / runs.BEST, params, {"step": step, "valid_loss": result["valid_loss"]})
+            else:
+                new_best = (best_loss, best_step, bad_evals + 1, best_params)
+        save_checkpoint(step, new_best[:3])
+        best_loss, best_step, bad_evals, best_params, evaluation_due = (*new_best, False)
+        if log is not None:
+            log.append(pending)
+        pending = []
+        if config.patience is not None and bad_evals >= config.patience:
+            bar.message(f"early stop at step {step}: no better validation loss in {bad_evals} evaluations "
+                        f"(best {best_loss:.4g} at step {best_step})")
+            return True
+        return False
+
     stopped_early = False
     step = start
     try:
-        while step < config.steps:
+        if evaluation_due:  # the run was interrupted during this step's evaluation
+            stopped_early = close_interval(step)
+        while step < config.steps and not stopped_early:
             if config.bptt == "curriculum":
                 epoch, index, stage = _curriculum_unit(config, source, step, length)
             else:
@@ -257,46 +298,33 @@ def fit(
             batch = source.batch(epoch, index)
             if source.carries_state and index == 0:
                 carry = batched_initial_state(eqx.combine(params, static), batch_size)
-            params, opt_state, new_carry, metrics = update(
+            new_params, new_opt_state, new_carry, metrics = update(
                 params, opt_state, carry, batch, jax.random.fold_in(key, step), stage
             )
-            if source.carries_state:
-                carry = new_carry
-            step += 1
-            record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}  # waits for the step
             if config.bptt == "curriculum":
                 record["prefix"] = int(stage)
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(
-                    f"the training loss became {record['loss']} at step {step}; lower the learning rate or clip gradients"
+                    f"the training loss became {record['loss']} at step {step + 1}; lower the learning rate or clip "
+                    "gradients"
                 )
             pending.append(record)
             history.append(record)
+            # one assignment: an interrupt sees the state before this step or after it, never half of it
+            params, opt_state, carry, step, evaluation_due = (
+                new_params, new_opt_state, new_carry if source.carries_state else carry, step + 1,
+                (step + 1) % config.eval_every == 0 or step + 1 == config.steps,
+            )
             bar.update(step, {"loss": record["loss"]})
-            if step % config.eval_every == 0 or step == config.steps:
-                if evaluate is not None:
-                    result = evaluate(eqx.combine(params, static))
-                    pending.append({"step": step, **result})
-                    history.append(pending[-1])
-                    bar.message(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in result.items()))
-                    if result["valid_loss"] < best_loss:
-                        best_loss, best_step, bad_evals, best_params = result["valid_loss"], step, 0, params
-                        if run_dir is not None:
-                            checkpoint.save(run_dir / runs.BEST, params, {"step": step, "valid_loss": best_loss})
-                    else:
-                        bad_evals += 1
-                if log is not None:
-                    log.append(pending)
-                pending = []
-                save_checkpoint(step)
-                if config.patience is not None and bad_evals >= config.patience:
-                    stopped_early = True
-                    bar.message(f"early stop at step {step}: no better validation loss in {bad_evals} evaluations "
-                                f"(best {best_loss:.4g} at step {best_step})")
-                    break
+            if evaluation_due:
+                stopped_early = close_interval(step)
     except KeyboardInterrupt:
         if run_dir is not None:
-            print(f"\ninterrupted at step {step}; continue with: recurrax train --resume {run_dir}", flush=True)
+            pending = [r for r in pending if r["step"] <= step and not (evaluation_due and "valid_loss" in r)]
+            save_checkpoint(step, (best_loss, best_step, bad_evals), due=evaluation_due)
+            log.append(pending)
+            print(f"\ninterrupted at step {step}, saved; continue with: recurrax train --resume {run_dir}", flush=True)
         raise
     finally:
         bar.close()
@@ -309,4 +337,5 @@ def fit(
         best_valid_loss=best_loss,
         stopped_early=stopped_early,
         records=history,
+        start_step=start,
     )
