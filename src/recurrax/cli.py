@@ -235,7 +235,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     try:
         job(options, Path(run_dir), resume=resume, progress=not args.quiet)
     except FloatingPointError as error:  # diverged: resuming would repeat it
-        raise UsageError(f"{error} (in a new run: another --run-dir, a lower --lr, or --clip)") from error
+        raise UsageError(f"{error}; start a new run for that (another --run-dir)") from error
 
 
 def _load_run(run_dir: Path):
@@ -253,11 +253,9 @@ def _load_run(run_dir: Path):
     import equinox as eqx
 
     params, static = eqx.partition(skeleton, eqx.is_inexact_array)
-    path = run_dir / runs.BEST if (run_dir / runs.BEST).exists() else run_dir / runs.CHECKPOINT
-    if path.name == runs.BEST:
-        params, _ = checkpoint.load(path, params)
-    else:
+    if not checkpoint.exists(run_dir / runs.BEST):
         raise UsageError(f"{run_dir} has no trained model yet (no {runs.BEST})")
+    params = checkpoint.load_latest(run_dir / runs.BEST, params)[0]
     return eqx.combine(params, static), vocab, config
 
 
