@@ -69,7 +69,8 @@ def run(name, cell, xs, h0=None, starts=None, mask=None, reverse=False):
     """Run cell ``name`` over ``xs`` with the scan semantics written out by hand.
 
     Returns (ys, final_state) as NumPy arrays. ``starts`` resets to h0 before a step, masked steps
-    keep the state and output zeros, ``reverse`` walks backwards and resets at episode ends.
+    keep the state and output zeros (and ignore their starts), ``reverse`` walks backwards and resets
+    where it enters another episode.
     """
     p = params(cell)
     xs = np.asarray(xs, np.float64)
@@ -88,15 +89,18 @@ def run(name, cell, xs, h0=None, starts=None, mask=None, reverse=False):
         "lstm": lambda h, x: lstm_step(p, h, x),
         "linear": lambda h, x: linear_step(p, h, x),
     }[name]
+    episode = np.cumsum(starts & mask)  # the episode of each step: valid starts delimit them
     order = range(T - 1, -1, -1) if reverse else range(T)
     h = h0
     ys = np.zeros((T, H))
+    last = None  # the episode of the last valid step run
     for t in order:
         if not mask[t]:
             continue
-        reset = (t + 1 < T and starts[t + 1]) if reverse else starts[t]
+        reset = (last is not None and episode[t] != last) if reverse else starts[t]
         if reset:
             h = h0
+        last = episode[t]
         h = step(h, xs[t])
         ys[t] = h[0] if is_lstm else h
     return ys, h

@@ -63,6 +63,15 @@ def test_packed_episodes_equal_separate_runs(cell_name):
     rpacked = rlayer(xs, starts=starts)
     rseparate = np.concatenate([rlayer(jnp.asarray(p)) for p in pieces])
     np.testing.assert_allclose(rpacked, rseparate, rtol=1e-5, atol=1e-6)
+    # each episode padded at its end (masked steps of garbage): the same, in both directions
+    pad = 2
+    padded = np.concatenate([np.concatenate([p, 50.0 * np.ones((pad, X))]) for p in pieces])
+    starts = np.zeros(len(padded), bool)
+    starts[np.cumsum([0] + [n + pad for n in lengths[:-1]])] = True
+    mask = np.concatenate([np.arange(n + pad) < n for n in lengths])
+    for lay, want in ((layer, np.concatenate([s[0] for s in separate])), (rlayer, rseparate)):
+        ys = lay(jnp.asarray(padded), starts=starts, mask=mask)
+        np.testing.assert_allclose(np.asarray(ys)[mask], want, rtol=1e-5, atol=1e-6)
 
 
 def test_right_padding_gives_the_unpadded_result(cell_name):

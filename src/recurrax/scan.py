@@ -37,8 +37,8 @@ Both accept
   is **zero**; ``starts`` is ignored at masked steps. The final state is the state after the last
   unmasked step.
 * ``reverse``: run from the last step to the first. ``starts`` keeps its forward-time meaning
-  (episode starts), so a reversed run resets at each episode's last step; outputs are returned in
-  forward time order.
+  (episode starts), so a reversed run resets at each episode's last unmasked step (an episode
+  padded at its end resets where its real steps end); outputs are returned in forward time order.
 
 The state-independent part of each step (``cell.project``) is mapped over all steps at once
 before the loop, which XLA turns into one matrix product (the fused path computes it step by step
@@ -77,13 +77,22 @@ def _zero_where_masked(valid: jax.Array | None, ys: jax.Array) -> jax.Array:
     return ys if valid is None else tree_where(valid, ys, jnp.zeros_like(ys))
 
 
-def reversed_starts(starts: jax.Array) -> jax.Array:
-    """Episode-start flags for the time-reversed sequence (starts given in forward time).
+def reversed_starts(starts: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Episode-start flags for the time-reversed sequence (``starts`` and ``mask`` in forward time).
 
-    Reversed, an episode begins at its last forward step, i.e. one step before the next start.
-    Returned in forward index order: ``ends[t] = starts[t + 1]``, ``ends[T-1] = False``.
+    Reversed, an episode begins at its last valid forward step: the step t whose next valid step
+    u > t starts an episode (masked steps ignore their flags, in either direction, so an episode
+    that ends in padding still resets where its last real step is). Returned in forward index
+    order; without a mask ``ends[t] = starts[t + 1]`` and ``ends[T-1] = False``.
     """
-    return jnp.concatenate([starts[1:], jnp.zeros((1,), jnp.bool_)])
+    no_step = jnp.zeros((1,), jnp.bool_)
+    if mask is None:
+        return jnp.concatenate([starts[1:], no_step])
+    length = starts.shape[0]
+    valid_index = jnp.where(mask, jnp.arange(length), length)
+    next_valid = jax.lax.cummin(valid_index, reverse=True)  # the first valid step at or after t
+    next_after = jnp.concatenate([next_valid[1:], jnp.full((1,), length, next_valid.dtype)])
+    return jnp.concatenate([starts, no_step])[next_after]
 
 
 def check_mode(cell: Cell, mode: str) -> str:
@@ -148,7 +157,7 @@ def scan(
 
     if reverse:
         xs = jnp.flip(xs, 0)
-        starts = None if starts is None else jnp.flip(reversed_starts(starts), 0)
+        starts = None if starts is None else jnp.flip(reversed_starts(starts, mask), 0)
         mask = None if mask is None else jnp.flip(mask, 0)
 
     def run_chunk(x, s, m, h):
