@@ -109,3 +109,33 @@ def test_inputs_wider_than_the_cell():
     assert recurrax.scan(narrow, jnp.ones((5, X), jnp.bfloat16))[0].dtype == jnp.bfloat16
     lru = recurrax.get_cell_class("lru")(X, H, key=KEY)
     assert recurrax.scan(lru, jnp.ones((5, X), jnp.float32))[0].shape == (5, lru.output_size)
+
+
+def test_bidirectional_state_must_be_a_pair():
+    bi = recurrax.Bidirectional(recurrax.Recurrent(recurrax.GRU(X, H, key=KEY)),
+                                recurrax.Recurrent(recurrax.GRU(X, H, key=jax.random.key(1))))
+    with pytest.raises(ValueError, match=r"Bidirectional layer is a \(forward, backward\) pair.*shape \(4,\)"):
+        bi(jnp.ones((5, X)), jnp.zeros(H))
+    with pytest.raises(ValueError, match="reset_state of a Bidirectional layer"):
+        bi(jnp.ones((5, X)), reset_state=jnp.zeros(H))
+
+
+def test_token_ids_out_of_the_vocabulary():
+    """An embedding lookup clamps ids silently; every entry point that takes ids refuses them."""
+    from recurrax.lm.batches import token_nll
+    from recurrax.lm.generate import generate
+    from recurrax.lm.model import LanguageModel
+
+    vocab = 5
+    lm = LanguageModel("gru", vocab, 4, key=KEY)
+    model = recurrax.SequenceModel("gru", vocab, 4, 2, input_kind="tokens", key=KEY)
+    for bad, shown in ((np.array([1, 2, vocab]), vocab), (np.array([1, -1, 2]), -1)):
+        message = rf"token ids must be in \[0, {vocab}\).*got {shown}"
+        for call in (lambda ids: lm(ids), lambda ids: token_nll(lm, ids), lambda ids: generate(lm, ids, 2),
+                     lambda ids: model(ids)):
+            with pytest.raises(ValueError, match=message):
+                call(bad)
+    with pytest.raises(TypeError, match="must be integers, got dtype float32"):
+        token_nll(lm, np.array([1.0, 2.0, 3.0], np.float32))
+    with pytest.raises(ValueError, match=r"one text of token ids \(T,\), got shape \(2, 3\)"):
+        token_nll(lm, np.ones((2, 3), int))

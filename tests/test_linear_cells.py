@@ -190,8 +190,9 @@ def numpy_step(name, cell):
 
 
 def numpy_run(name, cell, xs, h0=None, starts=None, mask=None, reverse=False):
-    """The scan semantics by hand: resets to h0 before a start (at episode ends when reversed),
-    masked steps keep the state and output zeros. Returns (ys, final_state)."""
+    """The scan semantics by hand: resets to h0 before a start (reversed: on entering another
+    episode, episodes delimited by unmasked starts), masked steps keep the state and output zeros.
+    Returns (ys, final_state)."""
     step = numpy_step(name, cell)
     xs = f64(xs)
     T = xs.shape[0]
@@ -199,13 +200,17 @@ def numpy_run(name, cell, xs, h0=None, starts=None, mask=None, reverse=False):
                                 cell.init_state() if h0 is None else h0)
     starts = np.zeros(T, bool) if starts is None else np.asarray(starts, bool)
     mask = np.ones(T, bool) if mask is None else np.asarray(mask, bool)
+    episode = np.cumsum(starts & mask)
     ys = np.zeros((T, cell.output_size))
     h = h0
+    last = None  # the episode of the last unmasked step run
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         if not mask[t]:
             continue
-        if (t + 1 < T and starts[t + 1]) if reverse else starts[t]:
+        reset = (last is not None and episode[t] != last) if reverse else starts[t]
+        if reset:
             h = h0
+        last = episode[t]
         h, ys[t] = step(h, xs[t])
     return ys, h
 

@@ -50,8 +50,9 @@ def test_splits_hold_different_numbers():
     assert not set(TR.split_of(np.arange(100, 10_000))) ^ {0, 1, 2}
 
 
-def _model(seed, output_size=13, vocab=TR.OUTPUT_SIZE + len(TR.WORDS), hidden=16, source_length=5, cell="gru"):
-    return Seq2Seq(cell, vocab, output_size, hidden, source_length=source_length, key=jax.random.key(seed))
+def _model(seed, output_size=13, vocab=TR.OUTPUT_SIZE + len(TR.WORDS), hidden=16, source_length=5, cell="gru",
+           pad=TR.PAD):
+    return Seq2Seq(cell, vocab, output_size, hidden, source_length=source_length, pad=pad, key=jax.random.key(seed))
 
 
 def test_teacher_forced_loss_decreases():
@@ -88,15 +89,17 @@ def test_beam_width_one_is_greedy():
     assert float(rescored) == pytest.approx(float(g_score), abs=1e-4)
 
 
-def test_beam_search_finds_the_best_sequence_by_exhaustive_search():
-    # A tiny model: 4 output classes (pad, go, eos, one symbol), sequences of at most 3 tokens.
+@pytest.mark.parametrize("pad", [TR.PAD, 5])
+def test_beam_search_finds_the_best_sequence_by_exhaustive_search(pad):
+    # A tiny model: 4 output classes (pad, go, eos, one symbol), sequences of at most 3 tokens;
+    # or pad outside the output classes (a source-only token), which beam search writes after eos.
     V, L = 4, 3
     candidates = []
     for length in range(1, L + 1):
         for seq in itertools.product(range(V), repeat=length):
             if TR.EOS in seq[:-1] or (length < L and seq[-1] != TR.EOS):
                 continue  # eos ends a sequence; a shorter one must end with it
-            candidates.append(list(seq) + [TR.PAD] * (L - length))
+            candidates.append(list(seq) + [pad] * (L - length))
     candidates = jnp.asarray(candidates)
 
     @eqx.filter_jit
@@ -106,7 +109,7 @@ def test_beam_search_finds_the_best_sequence_by_exhaustive_search():
 
     found_better_than_greedy = False
     for seed in range(3):
-        model = _model(seed, output_size=V, vocab=6, hidden=8, source_length=3, cell="elman")
+        model = _model(seed, output_size=V, vocab=6, hidden=8, source_length=3, cell="elman", pad=pad)
         model = eqx.tree_at(lambda m: m.head.weight, model, model.head.weight * 4)  # sharper distributions
         for source in ([4, 5, 0], [5, 5, 4]):
             scores, (tokens, score), greedy_score = search(model, jnp.asarray(source))
@@ -124,5 +127,11 @@ def test_bad_arguments():
         model(jnp.zeros(8, jnp.int32), model.init_state())
     with pytest.raises(ValueError, match="eos token"):
         Seq2Seq("gru", 10, 2, 8, source_length=3, key=jax.random.key(0))
+    vocab = model.embedding.shape[0]
+    for bad in ([0, 1, vocab, 0, 0, 1, 3, 4], [0, 1, 2, 0, -1, 1, 3, 4]):
+        with pytest.raises(ValueError, match="token ids must be in"):
+            model(jnp.asarray(bad))
+    with pytest.raises(ValueError, match="source token ids must be in"):
+        decode(model, jnp.asarray([[0, 1, vocab, 0, 0]]), 3)
     with pytest.raises(ValueError, match="max_digits must be at most 6"):
         get_task("numbers", max_digits=7)

@@ -22,6 +22,20 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> jax.Array:
+    """``tokens`` as an array, or a clear error: integer ids, each in [0, vocab_size). The range is
+    checked where the values are known (not inside ``jax.jit``), since an embedding lookup with an
+    id out of range silently reads a clamped row."""
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"{what} must be integers, got dtype {tokens.dtype}")
+    if tokens.size and not isinstance(tokens, jax.core.Tracer):
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{what} must be in [0, {vocab_size}) for this vocabulary, got {low if low < 0 else high}")
+    return tokens
+
+
 def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise naming the valid choices."""
     if value not in choices:

@@ -139,12 +139,23 @@ class Bidirectional(eqx.Module):
         return self.forward.init_state(), self.backward.init_state()
 
     def __call__(self, xs, state=None, *, starts=None, mask=None, reset_state=None, return_state: bool = False):
-        fwd_state, bwd_state = (None, None) if state is None else state
-        fwd_reset, bwd_reset = (None, None) if reset_state is None else reset_state
+        fwd_state, bwd_state = _state_pair("state", state)
+        fwd_reset, bwd_reset = _state_pair("reset_state", reset_state)
         ys_f, final_f = self.forward(xs, fwd_state, starts=starts, mask=mask, reset_state=fwd_reset, return_state=True)
         ys_b, final_b = self.backward(xs, bwd_state, starts=starts, mask=mask, reset_state=bwd_reset, return_state=True)
         ys = jnp.concatenate([ys_f, ys_b], -1) if self.merge == "concat" else ys_f + ys_b
         return (ys, (final_f, final_b)) if return_state else ys
+
+
+def _state_pair(name: str, state: Any) -> tuple[Any, Any]:
+    """A Bidirectional layer's (forward, backward) states, or (None, None) for None; a clear error else."""
+    if state is None:
+        return None, None
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        kind = f"an array of shape {state.shape}" if hasattr(state, "shape") else type(state).__name__
+        raise ValueError(f"the {name} of a Bidirectional layer is a (forward, backward) pair of states, "
+                         f"got {kind} (init_state() gives the layout)")
+    return state[0], state[1]
 
 
 class Stack(eqx.Module):
@@ -308,14 +319,19 @@ class Head(eqx.Module):
         return get_activation(self.activation)(zs)
 
     def last(self, hs, xs=None, mask=None):
-        """g applied at the last valid step only (sequence classification): shape (out_features,)."""
+        """g applied at the last valid step only (sequence classification): shape (out_features,).
+
+        A sequence with no valid step at all (every step masked) reads the last step, whose output
+        the scan zeroed: the result is g of zeros (the bias), not an error, so that a padded batch
+        under ``jax.vmap`` or ``jax.jit`` may hold empty rows; leave them out of the loss."""
         index = last_valid_index(hs.shape[0], mask)
         xs_last = None if xs is None else xs[index][None]
         return self(hs[index][None], xs_last)[0]
 
 
 def last_valid_index(length: int, mask: jax.Array | None) -> jax.Array:
-    """Index of the last step where ``mask`` is true (``length - 1`` without a mask)."""
+    """Index of the last step where ``mask`` is true (``length - 1`` without a mask, or when no
+    step is)."""
     if mask is None:
         return jnp.asarray(length - 1)
     mask = _checks.step_flags("mask", mask, length)

@@ -97,7 +97,7 @@ class SequenceModel(eqx.Module):
                 raise TypeError(
                     f"a token model takes one sequence of integer ids of shape (T,), got {inputs.dtype} {inputs.shape}"
                 )
-            return self.embedding[inputs]
+            return self.embedding[_checks.token_ids(inputs, self.embedding.shape[0])]
         xs = _checks.sequence(inputs, self.input_size, "inputs")
         return xs if self.input_map is None else jax.vmap(self.input_map)(xs)
 

@@ -101,7 +101,7 @@ class Seq2Seq(eqx.Module):
 
     def encode(self, source: jax.Array):
         """The encoder's state after the last non-padding token of ``source`` (S,): the decoder's s_0."""
-        source = jnp.asarray(source)
+        source = _checks.token_ids(source, self.embedding.shape[0], "source token ids")
         _, final = self.encoder(self.embedding[source], mask=source != self.pad, return_state=True)
         return final
 
@@ -123,6 +123,7 @@ class Seq2Seq(eqx.Module):
                              "(train it with full BPTT)")
         del mask, key  # fixed-length packed sequences; no dropout
         source, decoder_inputs = inputs[: self.source_length], inputs[self.source_length :]
+        decoder_inputs = _checks.token_ids(decoder_inputs, self.embedding.shape[0], "decoder token ids")
         ys, final = self.decoder(self.embedding[decoder_inputs], self.encode(source), return_state=True)
         logits = self.head(ys)
         outputs = jnp.concatenate([jnp.zeros((self.source_length, self.output_size), logits.dtype), logits])
@@ -163,7 +164,8 @@ def beam_search(model: Seq2Seq, source: jax.Array, max_length: int, beam_width: 
     tokens = jnp.full((width, max_length), model.pad, jnp.int32)
     last = jnp.full((width,), model.go, jnp.int32)
     done = jnp.zeros((width,), bool)
-    finished_row = jnp.where(jnp.arange(size) == model.pad, 0.0, -jnp.inf)  # a finished hypothesis only pads
+    # a finished hypothesis goes on in one way only, at no cost, written as pad (an output class or not)
+    finished_row = jnp.where(jnp.arange(size) == model.eos, 0.0, -jnp.inf)
 
     def one_step(carry, t):
         states, scores, tokens, last, done = carry
@@ -173,8 +175,10 @@ def beam_search(model: Seq2Seq, source: jax.Array, max_length: int, beam_width: 
         best, index = jax.lax.top_k(candidates.reshape(-1), width)
         beam, token = index // size, (index % size).astype(jnp.int32)
         states = jax.tree_util.tree_map(lambda s: s[beam], states)
+        finished = done[beam]
+        token = jnp.where(finished, model.pad, token)
         tokens = tokens[beam].at[:, t].set(token)
-        done = done[beam] | (token == model.eos)
+        done = finished | (token == model.eos)
         return (states, best, tokens, token, done), None
 
     (_, scores, tokens, _, _), _ = jax.lax.scan(
@@ -206,7 +210,7 @@ def decode(model: Seq2Seq, sources: Any, max_length: int, *, beam_width: int | N
     """Decoded tokens (N, max_length) of sources (N, S): greedy, or beam search of ``beam_width``."""
     if beam_width is not None:
         _checks.positive_int("beam_width", beam_width)
-    sources = jnp.asarray(sources)
+    sources = _checks.token_ids(sources, model.embedding.shape[0], "source token ids")
     chunks = [
         _decode_batch(model, sources[lo : lo + batch_size], int(max_length), int(beam_width or 0))[0]
         for lo in range(0, len(sources), batch_size)

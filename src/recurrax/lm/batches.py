@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import check_token_ids
+from .. import _checks
 
 
 class ContiguousBatches:
@@ -66,7 +66,7 @@ def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
         raise ValueError(f"token_nll scores one text of token ids (T,), got shape {ids.shape}")
     if len(ids) < 2:
         raise ValueError("evaluation needs a text of at least two tokens")
-    ids = np.asarray(check_token_ids(ids, model.vocab_size), np.int32)
+    ids = np.asarray(_checks.token_ids(ids, model.vocab_size), np.int32)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     @jax.jit

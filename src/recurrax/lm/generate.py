@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _checks
+
 
 def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> jax.Array:
@@ -52,9 +54,10 @@ def generate(model, prompt_ids: Sequence[int], length: int, *, temperature: floa
 
     ``on_token`` is called with each id as soon as it is sampled, so text can stream out.
     """
-    prompt_ids = np.asarray(prompt_ids, np.int32)
+    prompt_ids = np.asarray(prompt_ids)
     if prompt_ids.ndim != 1 or len(prompt_ids) == 0:
         raise ValueError("generation needs a prompt of at least one token")
+    prompt_ids = np.asarray(_checks.token_ids(prompt_ids, model.vocab_size, "prompt token ids"), np.int32)
     check_sampling(length, temperature=temperature, top_k=top_k, top_p=top_p)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 

@@ -22,21 +22,6 @@ from .. import _checks
 from ..layers import ScanChoice, Stack, dropout as apply_dropout, make_stack
 
 
-def check_token_ids(tokens, vocab_size: int) -> jax.Array:
-    """``tokens`` as an array, or a clear error: integer ids, each in [0, vocab_size) (checked where
-    the values are known, i.e. not inside ``jax.jit``, where an id out of range would silently read
-    a wrong row of the embedding)."""
-    tokens = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise TypeError(f"a language model reads integer token ids, got dtype {tokens.dtype}")
-    if tokens.size and not isinstance(tokens, jax.core.Tracer):
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(f"token ids must be in [0, {vocab_size}) for this vocabulary, got "
-                             f"{low if low < 0 else high}")
-    return tokens
-
-
 class LanguageModel(eqx.Module):
     """``logits = lm(tokens)``: (T,) token ids → (T, vocab_size) next-token logits.
 
@@ -95,7 +80,7 @@ class LanguageModel(eqx.Module):
         return hs @ weight.T + self.output_bias
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
-        return self.embedding[check_token_ids(tokens, self.vocab_size)]
+        return self.embedding[_checks.token_ids(tokens, self.vocab_size)]
 
     def hidden(self, tokens, state=None) -> tuple[jax.Array, Any]:
         """``hs, final_state = lm.hidden(tokens, state)``: the top layer's outputs h_t (T, H) that
