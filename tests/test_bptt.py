@@ -59,12 +59,14 @@ def test_full_bptt_gradient_equals_numpy_bptt_through_the_unrolled_elman_network
     np.testing.assert_allclose(grads.head.weight, dW_y, rtol=1e-9)
 
 
-def test_curriculum_stage_gradient_equals_gradient_on_prefixes():
-    m = model("gru")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_curriculum_stage_gradient_equals_gradient_on_prefixes(bidirectional):
+    m = model("gru", bidirectional=bidirectional)  # bidirectional: the steps after the prefix are unread
     params, static = eqx.partition(m, eqx.is_inexact_array)
     batch = regression_batch(1)
     stages = BPTT("curriculum", stride=3).stages(T)
     assert stages == [3, 6, 8]
+    assert BPTT("curriculum", stride=3).stages(T, first_scored=5) == [6, 8]  # shorter prefixes score nothing
     for k in [1, 4, T]:
         scored = jnp.arange(T) < k
         masked = jax.grad(
@@ -150,6 +152,33 @@ def test_truncated_with_last_step_objective_scores_only_the_final_chunk():
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_schedules_count_steps_when_truncated_bptt_updates_once_per_chunk():
+    """Warmup then cosine over 6 steps of 4 updates each: update u uses the rate of step u // 4."""
+    from recurrax.train.trainer import TrainConfig, make_optimizer
+
+    steps, warmup, rate, per_step = 6, 2, 0.1, 4
+    config = TrainConfig(steps=steps, learning_rate=rate, schedule="cosine", warmup=warmup, optimizer="sgd",
+                         clip=None, bptt="truncated", chunk=2)
+    assert config.strategy.updates_per_step(8, last_step=False) == per_step
+    assert config.strategy.updates_per_step(8, last_step=True) == 1
+    assert config.strategy.updates_per_step(7, last_step=False) == per_step  # the last chunk padded
+
+    def schedule(step):  # written out: linear warmup from 0, then cosine decay to 0 at `steps`
+        if step < warmup:
+            return rate * step / warmup
+        return rate * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (steps - warmup)))
+
+    opt = make_optimizer(config, per_step)
+    param, state, velocity, want = jnp.zeros(()), None, 0.0, 0.0
+    state = opt.init(param)
+    for u in range(steps * per_step):  # gradient 1 at every update; SGD with momentum 0.9
+        updates, state = opt.update(jnp.ones(()), state, param)
+        param = optax.apply_updates(param, updates)
+        velocity = 1.0 + 0.9 * velocity
+        want -= schedule(u // per_step) * velocity
+        np.testing.assert_allclose(param, want, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_strategies():

@@ -82,6 +82,7 @@ def test_resume_continues_a_run(lm_run, tmp_path):
         (["train", "--task", "adding", "--level", "word", "--tie-weights"], "--level, --tie-weights: for --task text"),
         (["train", "--task", "adding", "--weight-decay", "0.1"], "--weight-decay is AdamW's"),
         (["train", "--task", "adding", "--length", "30", "--option", "length=12"], "the length is given twice"),
+        (["train", "--task", "adding", "--chunk", "5"], "--chunk is the chunk of truncated BPTT"),
         (["generate", "/tmp", "--length", "5"], "not a run directory"),
         (["gradients", "--cells", "elman,transformer"], "unknown cell"),
     ],

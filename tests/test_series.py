@@ -97,6 +97,13 @@ def test_normalisation_uses_training_statistics_only(relative):
         assert abs(all_train.mean()) < 1e-5 and all_train.std() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_relative_given_as_a_word_from_the_command_line():
+    for word, value in (("false", False), ("True", True), ("yes", True), ("no", False)):
+        assert get_task("sunspots", relative=word).normaliser == get_task("sunspots", relative=value).normaliser
+    with pytest.raises(ValueError, match="relative must be true or false"):
+        get_task("sunspots", relative="maybe")
+
+
 def test_baselines_against_hand_computation():
     x = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])  # one window, W = 6
     np.testing.assert_array_equal(S.naive_forecast(x, 3), [[6, 6, 6]])

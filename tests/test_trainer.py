@@ -168,3 +168,14 @@ def test_early_stopping(tmp_path):
     result = run(tmp_path, steps=200, learning_rate=0.5, patience=1)  # far too large a step: no progress
     assert result.stopped_early and result.step < 200
     assert result.best_valid_loss == min(r["valid_loss"] for r in result.records if "valid_loss" in r)
+
+
+def test_curriculum_skips_prefixes_that_score_nothing():
+    data = sum_task(40, 0)
+    data["loss_mask"] = np.zeros_like(data["mask"])
+    data["loss_mask"][:, 4:] = True  # only the last two of six steps are scored (as the copy task's recall)
+    model = recurrax.SequenceModel("gru", 1, 8, 1, key=jax.random.key(0))
+    config = TrainConfig(steps=6, batch_size=8, bptt="curriculum", stride=1, eval_every=6, log_every=6)
+    result = fit(model, ShuffledBatches(data, 8), objective="per-step-mse", config=config, progress=False)
+    assert [r["prefix"] for r in result.records] == [5] * 5 + [6]  # 5 batches per epoch at each stage
+    assert all(r["loss"] > 0 for r in result.records)

@@ -192,6 +192,8 @@ def _options(args: argparse.Namespace) -> dict:
         if args.bidirectional:
             raise UsageError("a language model predicts the next token and cannot read the future (--bidirectional)")
     else:
+        if args.chunk is not None and options["bptt"] != "truncated":
+            raise UsageError(f"--chunk is the chunk of truncated BPTT (--bptt truncated); the strategy is {options['bptt']}")
         defaults = vars(build_parser().parse_args(["train"]))
         given = [key for key in TEXT_ONLY if getattr(args, key) != defaults[key]]
         if given:

@@ -11,8 +11,9 @@ The commands are smooth random signals: :math:`v_t = \max(0, \bar v\,(1 + 0.5 z_
 processes with unit variance and coefficient ``SMOOTHING`` (the robot's speed and steering change
 gradually). The network reads the *measured* commands, corrupted by independent Gaussian noise
 (odometry noise): :math:`(v_t + \epsilon_t, \omega_t + \eta_t)`, with standard deviations
-``speed_noise`` and ``turn_noise``, expressed in units of :math:`\bar v` and :math:`\sigma_\omega`
-(``COMMAND_SCALE``: inputs of order one), and predicts the true position :math:`p_t` at every step
+``speed_noise`` and ``turn_noise`` in the commands' own units (distance and radians per step:
+the defaults 0.005 and 0.02 are 0.1 :math:`\bar v` and 0.25 :math:`\sigma_\omega`), divided by
+``COMMAND_SCALE`` = (:math:`\bar v`, :math:`\sigma_\omega`) into inputs of order one, and predicts the true position :math:`p_t` at every step
 (objective ``"per-step-mse"``, mean over steps and both coordinates). Default horizon T = 200.
 
 Baseline: **dead reckoning**, integrating the noisy measured commands with the exact equations

@@ -449,6 +449,9 @@ def forecast_task(name: str, *, length: int, horizon: int, relative: bool | int 
     series = load_series(name)
     length = _int_option("length", length, 1)
     horizon = _int_option("horizon", horizon, 1)
+    words = {"true": True, "false": False, "yes": True, "no": False}
+    if isinstance(relative, str) and relative.lower() in words:  # as given on a command line
+        relative = words[relative.lower()]
     if isinstance(relative, (bool, np.bool_)) or relative in (0, 1):
         relative = bool(relative)
     else:

@@ -339,7 +339,8 @@ def get_task(name: str, **options: Any) -> Task:
     valid = tuple(inspect.signature(builder).parameters)
     for key in options:
         if key not in valid:
-            raise ValueError(f"task {name!r} has no option {key!r}; its options are: {', '.join(valid)}")
+            raise ValueError(f"task {name!r} has no option {key!r}; "
+                             + (f"its options are: {', '.join(valid)}" if valid else "it takes none"))
     return builder(**options)
 
 

@@ -20,8 +20,12 @@ and optionally ``loss_mask`` (B, T) (steps that are scored; defaults to ``mask``
   objectives only the final chunk is scored: earlier chunks just advance the state.
 * **curriculum** (the first text's schedule): train on the prefixes of length 1, 2, …, N (every
   ``stride``-th length, N always included). Prefix k is the same batch with the steps t ≥ k masked
-  out, so every stage shares one compiled function; its gradient equals the gradient of the loss
-  on the first k steps.
+  out (inputs too: a bidirectional model does not read them), so every stage shares one compiled
+  function; its gradient equals the gradient of the loss on the first k steps. Prefixes that
+  score no step (the copy task scores only its recall steps) are skipped.
+
+The optimiser takes one update per chunk under truncated BPTT, so a step of the trainer is
+:meth:`BPTT.updates_per_step` updates; learning-rate schedules count steps, not updates.
 """
 
 from __future__ import annotations
@@ -56,12 +60,21 @@ class BPTT:
             _checks.positive_int("chunk", self.chunk)
         _checks.positive_int("stride", self.stride)
 
-    def stages(self, length: int) -> list[int]:
-        """Prefix lengths of one curriculum pass: stride, 2·stride, …, and always ``length``."""
+    def stages(self, length: int, first_scored: int = 0) -> list[int]:
+        """Prefix lengths of one curriculum pass: stride, 2·stride, …, and always ``length``; only
+        those longer than ``first_scored`` (the first step any loss scores), which score something."""
         if self.kind != "curriculum":
             return [length]
         stages = list(range(self.stride, length + 1, self.stride))
-        return stages if stages and stages[-1] == length else stages + [length]
+        stages = stages if stages and stages[-1] == length else stages + [length]
+        return [k for k in stages if k > first_scored]
+
+    def updates_per_step(self, length: int, last_step: bool) -> int:
+        """Optimiser updates in one step on sequences of ``length``: one per chunk under truncated
+        BPTT (only the last chunk for a last-step objective), else one."""
+        if self.kind != "truncated" or last_step:
+            return 1
+        return -(-length // self.chunk)
 
 
 def batched_initial_state(model, batch_size: int):
@@ -76,7 +89,7 @@ def batch_loss(params, static, batch: Mapping[str, jax.Array], *, objective: str
     inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
     weights = batch.get("loss_mask", mask)
     if scored is not None:
-        weights = weights & scored
+        mask, weights = mask & scored, weights & scored
     size = inputs.shape[0]
     keys = None if key is None else jax.random.split(key, size)
     reset_state = model.init_state() if reset_to_initial else None

@@ -83,8 +83,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping, then Adam/AdamW/SGD with a constant or cosine schedule and linear warmup."""
+def make_optimizer(config: TrainConfig, updates_per_step: int = 1) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam/AdamW/SGD with a constant or cosine schedule and linear warmup.
+
+    The schedule runs over ``config.steps`` steps of ``updates_per_step`` optimiser updates each
+    (truncated BPTT updates once per chunk: :meth:`~recurrax.train.bptt.BPTT.updates_per_step`).
+    """
+    updates_per_step = _checks.positive_int("updates_per_step", updates_per_step)
     if config.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup, config.steps, 0.0)
     elif config.warmup:
@@ -94,6 +99,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         )
     else:
         lr = config.learning_rate
+    if callable(lr) and updates_per_step > 1:
+        per_step = lr
+        lr = lambda count: per_step(count // updates_per_step)  # noqa: E731
     base = {
         "adam": lambda: optax.adam(lr),
         "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay),
@@ -181,9 +189,10 @@ class FitResult:
     start_step: int = 0
 
 
-def _curriculum_unit(config: TrainConfig, source: BatchSource, step: int, length: int) -> tuple[int, int, int]:
+def _curriculum_unit(config: TrainConfig, source: BatchSource, step: int, length: int, first_scored: int
+                     ) -> tuple[int, int, int]:
     """(epoch, batch index, prefix length) of update number ``step``."""
-    stages = config.strategy.stages(length)
+    stages = config.strategy.stages(length, first_scored)
     per_epoch = len(stages) * source.batches_per_epoch
     epoch, within = divmod(step, per_epoch)
     stage, index = divmod(within, source.batches_per_epoch)
@@ -211,12 +220,14 @@ def fit(
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir of the run to continue")
-    optimizer = make_optimizer(config)
+    first = source.batch(0, 0)
+    batch_size, length = first["mask"].shape
+    optimizer = make_optimizer(config, config.strategy.updates_per_step(length, is_last_step(objective)))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     update = make_update(static, optimizer, objective, config.reduce, config.strategy)
     opt_state = optimizer.init(params)
-    first = source.batch(0, 0)
-    batch_size, length = first["mask"].shape
+    scored_steps = np.flatnonzero(np.any(np.asarray(first.get("loss_mask", first["mask"])), axis=0))
+    first_scored = int(scored_steps[0]) if len(scored_steps) else 0  # curriculum: shorter prefixes score nothing
     carry = batched_initial_state(model, batch_size) if source.carries_state else None
     start, best_loss, best_step, bad_evals = 0, math.inf, -1, 0
     best_params = params
@@ -292,7 +303,7 @@ def fit(
             stopped_early = close_interval(step)
         while step < config.steps and not stopped_early:
             if config.bptt == "curriculum":
-                epoch, index, stage = _curriculum_unit(config, source, step, length)
+                epoch, index, stage = _curriculum_unit(config, source, step, length, first_scored)
             else:
                 (epoch, index), stage = divmod(step, source.batches_per_epoch), length
             batch = source.batch(epoch, index)
