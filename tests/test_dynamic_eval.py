@@ -67,6 +67,14 @@ def test_adapting_to_a_repeated_pattern_lowers_the_bits_and_tuning_finds_it(mode
     assert evaluate_text(model, ids)["bits_per_token"] == pytest.approx(static, rel=1e-5)  # the model is unchanged
 
 
+def test_tuning_passes_over_a_learning_rate_that_diverges(model):
+    ids = np.tile(np.random.default_rng(4).integers(0, VOCAB, 10), 6)
+    best, tried = tune_learning_rate(model, ids, learning_rates=(0.0, 1e4), segment=5)
+    assert best == 0.0
+    diverged = tried[1]
+    assert diverged["valid_loss"] > 1000 and diverged["perplexity"] == math.inf  # finite nats beyond exp's range
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(learning_rate=-0.1), "learning_rate"),
     (dict(learning_rate=float("nan")), "learning_rate"),

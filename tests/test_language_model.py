@@ -83,3 +83,17 @@ def test_sampling_is_reproducible_from_a_seed():
     assert a == generate(model, [1], 20, seed=5)
     assert a != generate(model, [1], 20, seed=6)
     assert all(0 <= t < V for t in a)
+
+
+@pytest.mark.parametrize("level, text, prompt", [("word", "a b c\nb c a\n" * 3, "a b"), ("char", "abc\nbca\n" * 3, "ab")])
+def test_a_streamed_sample_adds_up_to_the_text_returned(level, text, prompt):
+    from recurrax.lm.job import sample_text
+    from recurrax.lm.text import build_vocabulary
+
+    vocab = build_vocabulary(text, level)
+    lm = LanguageModel("gru", len(vocab), 8, key=jax.random.key(0))
+    pieces = []
+    sample = sample_text(lm, vocab, prompt, 30, seed=1, stream=pieces.append)
+    assert "".join(pieces) == sample and pieces[0] == prompt
+    if level == "word":  # words joined by single spaces, the end of a line a bare newline
+        assert "\n" in sample and " \n" not in sample and "\n " not in sample and "  " not in sample

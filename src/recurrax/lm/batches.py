@@ -10,6 +10,7 @@ move.
 from __future__ import annotations
 
 import math
+import sys
 
 import equinox as eqx
 import jax
@@ -91,4 +92,5 @@ def text_scores(nll: np.ndarray) -> dict[str, float]:
     """Every token's negative log-likelihood (nats) as its mean ``valid_loss``, ``bits_per_token``
     and ``perplexity``, the keys every text evaluation returns."""
     nats = float(np.mean(nll))
-    return {"valid_loss": nats, "bits_per_token": nats / math.log(2), "perplexity": math.exp(nats)}
+    perplexity = math.exp(nats) if nats < math.log(sys.float_info.max) else math.inf  # a diverged model
+    return {"valid_loss": nats, "bits_per_token": nats / math.log(2), "perplexity": perplexity}

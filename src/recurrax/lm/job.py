@@ -246,20 +246,34 @@ def sample_text(model: LanguageModel, vocab: Vocabulary, prompt: str, length: in
                 stream: Callable[[str], None] | None = None) -> str:
     """The prompt followed by ``length`` sampled tokens, decoded.
 
-    ``stream`` gets the prompt, then each new piece as soon as it is sampled. At word level the
-    prompt is shown as the model reads it: its words joined by spaces, unknown ones as the unknown
-    token.
+    ``stream`` gets the prompt, then each new piece as soon as it is sampled; the pieces add up to
+    the text returned. At word level the text is :meth:`Vocabulary.decode` of the prompt's and the
+    sample's tokens together: the prompt as the model reads it (unknown words as the unknown token),
+    words joined by spaces, the end-of-line token a newline.
     """
     check_sampling(length, temperature=temperature, top_k=top_k, top_p=top_p)  # before the prompt is shown
     prompt_ids = vocab.encode(prompt, eos=False)
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one character or word")
-    sep = "" if vocab.level == "char" else " "
-    if sep:
-        prompt = vocab.decode(prompt_ids)
+    sampled: list[int] = []
+
+    def text() -> str:
+        if vocab.level == "char":
+            return prompt + vocab.decode(sampled)
+        return vocab.decode(list(prompt_ids) + sampled)
+
+    shown = text()
     if stream is not None:
-        stream(prompt)
-    on_token = None if stream is None else (lambda i: stream(sep + vocab.decode([i])))
-    ids = generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                   on_token=on_token)
-    return prompt + sep + vocab.decode(ids) if sep else prompt + vocab.decode(ids)
+        stream(shown)
+
+    def on_token(token: int) -> None:
+        nonlocal shown
+        sampled.append(token)
+        if stream is not None:
+            new = text()
+            stream(new[len(shown):])
+            shown = new
+
+    generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+             on_token=on_token)
+    return text()
