@@ -50,8 +50,8 @@ def evaluate_text_dynamic(model, ids: np.ndarray, *, learning_rate: float, decay
     """Bits per token of ``ids[1:]`` given the preceding ids, under dynamic evaluation.
 
     Returns the same keys as :func:`~recurrax.lm.batches.evaluate_text` (``learning_rate=0`` gives
-    its numbers to float rounding, the state carried across the whole text), plus the settings used. The model
-    passed in is not changed.
+    its numbers to float rounding, the state carried across the whole text), plus the settings
+    used. The model passed in is not changed.
     """
     nll = token_nll_dynamic(model, ids, learning_rate=learning_rate, decay=decay, segment=segment)
     return _scores(nll, learning_rate, decay, segment)

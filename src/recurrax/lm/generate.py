@@ -1,8 +1,9 @@
 """Text generation from a language model: prompt priming, temperature, top-k, top-p, a seed.
 
 Sampling from the softmax :math:`p_v \\propto \\exp(z_v / \\tau)` at temperature τ; top-k keeps the
-k most probable tokens (and any tied with the k-th), top-p (nucleus sampling, Holtzman et al., 2020) keeps the smallest set of
-most probable tokens whose probability reaches p; the rest get probability zero.
+k most probable tokens (and any tied with the k-th), top-p (nucleus sampling, Holtzman et al.,
+2020) keeps the smallest set of most probable tokens whose probability reaches p; the rest get
+probability zero.
 """
 
 from __future__ import annotations

@@ -255,25 +255,18 @@ def sample_text(model: LanguageModel, vocab: Vocabulary, prompt: str, length: in
     prompt_ids = vocab.encode(prompt, eos=False)
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one character or word")
-    sampled: list[int] = []
+    head = prompt if vocab.level == "char" else vocab.decode(prompt_ids)
+    previous = [int(prompt_ids[-1])]
 
-    def text() -> str:
-        if vocab.level == "char":
-            return prompt + vocab.decode(sampled)
-        return vocab.decode(list(prompt_ids) + sampled)
+    def piece(token: int) -> str:
+        """What ``token`` adds to the decoded text: decoding is prefix-stable, so it is read off the
+        last two tokens (constant time, however long the sample)."""
+        added = vocab.decode([previous[0], token])[len(vocab.decode(previous)):]
+        previous[0] = token
+        return added
 
-    shown = text()
     if stream is not None:
-        stream(shown)
-
-    def on_token(token: int) -> None:
-        nonlocal shown
-        sampled.append(token)
-        if stream is not None:
-            new = text()
-            stream(new[len(shown):])
-            shown = new
-
-    generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-             on_token=on_token)
-    return text()
+        stream(head)
+    sampled = generate(model, prompt_ids, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                       on_token=None if stream is None else lambda token: stream(piece(token)))
+    return head + vocab.decode(sampled) if vocab.level == "char" else vocab.decode(list(prompt_ids) + sampled)
