@@ -32,7 +32,8 @@ def token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> jax.Arra
     if tokens.size and not isinstance(tokens, jax.core.Tracer):
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= vocab_size:
-            raise ValueError(f"{what} must be in [0, {vocab_size}) for this vocabulary, got {low if low < 0 else high}")
+            bad = low if low < 0 else high
+            raise ValueError(f"{what} must be in [0, {vocab_size}) for this vocabulary, got {bad}")
     return tokens
 
 

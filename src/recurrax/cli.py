@@ -141,7 +141,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine"), help=f"learning-rate schedule {_defaults('schedule')}")
     g.add_argument("--warmup", type=int,
                    help=f"linear warmup steps {_defaults('warmup')}, at most a tenth of --steps unless given")
-    g.add_argument("--weight-decay", type=_non_negative(float), default=0.0, help="AdamW weight decay (--optimizer adamw)")
+    g.add_argument("--weight-decay", type=_non_negative(float), default=0.0,
+                   help="AdamW weight decay (--optimizer adamw)")
     g.add_argument("--clip", type=_non_negative(float), default=1.0, help="clip gradients to this global norm (0: off)")
     g.add_argument("--eval-every", type=_positive(int), help=f"evaluate and checkpoint every N steps {_defaults('eval_every')}")
     g.add_argument("--patience", type=_positive(int), help="stop after N evaluations without improvement")
@@ -157,7 +158,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--ngram-order", type=int, default=24,
                    help="n-gram baselines up to this order (0: none); on the built-in corpus Kneser-Ney is best "
                    "around order 24")
-    g.add_argument("--sample-length", type=_non_negative(int), default=400, help="tokens to generate at the end (0: none)")
+    g.add_argument("--sample-length", type=_non_negative(int), default=400,
+                   help="tokens to generate at the end (0: none)")
     g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
     g.add_argument("--dynamic-lr", type=_learning_rate_or_auto, default="auto",
@@ -193,7 +195,8 @@ def _options(args: argparse.Namespace) -> dict:
             raise UsageError("a language model predicts the next token and cannot read the future (--bidirectional)")
     else:
         if args.chunk is not None and options["bptt"] != "truncated":
-            raise UsageError(f"--chunk is the chunk of truncated BPTT (--bptt truncated); the strategy is {options['bptt']}")
+            raise UsageError("--chunk is the chunk of truncated BPTT (--bptt truncated); the strategy is "
+                             f"{options['bptt']}")
         defaults = vars(build_parser().parse_args(["train"]))
         given = [key for key in TEXT_ONLY if getattr(args, key) != defaults[key]]
         if given:

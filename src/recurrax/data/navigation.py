@@ -13,8 +13,9 @@ gradually). The network reads the *measured* commands, corrupted by independent 
 (odometry noise): :math:`(v_t + \epsilon_t, \omega_t + \eta_t)`, with standard deviations
 ``speed_noise`` and ``turn_noise`` in the commands' own units (distance and radians per step:
 the defaults 0.005 and 0.02 are 0.1 :math:`\bar v` and 0.25 :math:`\sigma_\omega`), divided by
-``COMMAND_SCALE`` = (:math:`\bar v`, :math:`\sigma_\omega`) into inputs of order one, and predicts the true position :math:`p_t` at every step
-(objective ``"per-step-mse"``, mean over steps and both coordinates). Default horizon T = 200.
+``COMMAND_SCALE`` = (:math:`\bar v`, :math:`\sigma_\omega`) into inputs of order one, and
+predicts the true position :math:`p_t` at every step (objective ``"per-step-mse"``, mean over
+steps and both coordinates). Default horizon T = 200.
 
 Baseline: **dead reckoning**, integrating the noisy measured commands with the exact equations
 above (:func:`dead_reckoning`). It knows the physics perfectly; its error comes from the noise,

@@ -239,7 +239,8 @@ def fit(
         log = runs.MetricsLog(run_dir)
         ckpt_path = run_dir / runs.CHECKPOINT
         if resume and checkpoint.exists(ckpt_path):
-            (params, opt_state, carry), meta, read, problems = checkpoint.load_latest(ckpt_path, (params, opt_state, carry))
+            state, meta, read, problems = checkpoint.load_latest(ckpt_path, (params, opt_state, carry))
+            params, opt_state, carry = state
             for problem in problems:
                 print(f"warning: {problem}; resuming from {read} (step {meta['step']})", flush=True)
             start, best_loss, best_step, bad_evals = meta["step"], meta["best_valid_loss"], meta["best_step"], meta["bad_evals"]
