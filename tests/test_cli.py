@@ -152,6 +152,10 @@ def test_word_level_generation_shows_the_prompt_as_the_model_reads_it(tmp_path, 
     assert out.startswith("The ") and "  " not in out
     assert main(["generate", str(run), "--prompt", "The zebra", "--length", "0"]) == 0
     assert capsys.readouterr().out.strip() == "The <unk>"
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("The zebra sat on the sofa .\n")
+    assert main(["eval", str(run), "--data", str(unseen)]) == 0
+    assert "(2 not in the vocabulary, scored as <unk>)" in capsys.readouterr().out
 
 
 def test_a_diverging_run_is_one_message_and_a_run_without_checkpoint_resumes_from_the_start(tmp_path, capsys):

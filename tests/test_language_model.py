@@ -97,3 +97,15 @@ def test_a_streamed_sample_adds_up_to_the_text_returned(level, text, prompt):
     assert "".join(pieces) == sample and pieces[0] == prompt
     if level == "word":  # words joined by single spaces, the end of a line a bare newline
         assert "\n" in sample and " \n" not in sample and "\n " not in sample and "  " not in sample
+
+
+def test_default_prompt_is_one_the_vocabulary_has():
+    from recurrax.lm.job import default_prompt
+    from recurrax.lm.text import build_vocabulary
+
+    words = build_vocabulary("a cat sat\non a mat\n", "word")
+    assert default_prompt(words, "the cat sat") == "cat"  # "the" is not a word of it
+    assert default_prompt(build_vocabulary("The cat\n", "word"), "cat") == "The "
+    assert default_prompt(words) in words and default_prompt(words) not in (words.unk, words.eos)
+    chars = build_vocabulary("abc\n", "char")
+    assert default_prompt(chars, "xbc") == "b" and default_prompt(build_vocabulary("The cat", "char")) == "The "

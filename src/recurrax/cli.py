@@ -160,7 +160,8 @@ def _train_parser(sub) -> None:
                    "around order 24")
     g.add_argument("--sample-length", type=_non_negative(int), default=400,
                    help="tokens to generate at the end (0: none)")
-    g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it]")
+    g.add_argument("--prompt", help="prompt of the final sample ['The ' if the vocabulary has it, else the "
+                   "validation text's first known token]")
     g.add_argument("--temperature", type=_positive(float), default=0.8, help="sampling temperature of the sample")
     g.add_argument("--dynamic-lr", type=_learning_rate_or_auto, default="auto",
                    help="also report dynamic evaluation (the model keeps learning from the text it scores) with this "
@@ -284,6 +285,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from .data.corpus import read_text
     from .lm.batches import text_scores, token_nll
 
@@ -298,7 +301,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"{label}{scores['bits_per_token']:.4f} bits/{unit}, perplexity {scores['perplexity']:.3f}")
 
     nll = token_nll(model, ids)
-    report(f"{args.data}: {len(ids):,} {unit}s, ", nll)
+    unknown = int(np.sum(ids == vocab.unk_id)) if vocab.unk_id is not None else 0
+    note = f" ({unknown:,} not in the vocabulary, scored as {vocab.unk})" if unknown else ""
+    report(f"{args.data}: {len(ids):,} {unit}s{note}, ", nll)
     if args.dynamic_lr:
         from .lm.dynamic import DEFAULT_SEGMENT, token_nll_dynamic
 

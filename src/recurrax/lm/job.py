@@ -231,14 +231,16 @@ def _report(results: dict, baselines: list[dict], unit: str, out: Callable[[str]
 
 
 def default_prompt(vocab: Vocabulary, text: str | None = None) -> str:
-    """The prompt of a run's sample when none is given: "The " where the vocabulary has it (words:
-    always, unknown words becoming the unknown token), else the first character of ``text`` (the
-    validation text), else the vocabulary's first character."""
-    if vocab.level == "word" or all(t in vocab for t in "The "):
+    """The prompt of a run's sample when none is given: "The " where the vocabulary has it (the
+    word, or its characters), else the first token of ``text`` (the validation text) that the
+    vocabulary has, else the vocabulary's first ordinary token."""
+    if ("The" in vocab) if vocab.level == "word" else all(t in vocab for t in "The "):
         return "The "
-    if text:
-        return text[:1]
-    return next(t for t in vocab.tokens if len(t) == 1)
+    pieces = (text or "").split() if vocab.level == "word" else list(text or "")
+    known = [t for t in pieces if t in vocab]
+    if known:
+        return known[0]
+    return next(t for t in vocab.tokens if t not in (vocab.unk, vocab.eos))
 
 
 def sample_text(model: LanguageModel, vocab: Vocabulary, prompt: str, length: int, *, temperature: float = 1.0,
