@@ -198,8 +198,7 @@ def _options(args: argparse.Namespace) -> dict:
         if args.chunk is not None and options["bptt"] != "truncated":
             raise UsageError("--chunk is the chunk of truncated BPTT (--bptt truncated); the strategy is "
                              f"{options['bptt']}")
-        defaults = vars(build_parser().parse_args(["train"]))
-        given = [key for key in TEXT_ONLY if getattr(args, key) != defaults[key]]
+        given = [key for key in _changed_options(args) if key in TEXT_ONLY]
         if given:
             names = ", ".join("--" + ("no-memory" if key == "memory" else key.replace("_", "-")) for key in given)
             raise UsageError(f"{names}: for --task text; task {args.task!r} generates its own data")
@@ -208,11 +207,16 @@ def _options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _changed_options(args: argparse.Namespace) -> list[str]:
+    """The names of the ``train`` options of ``args`` that differ from their defaults."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    return [key for key, value in vars(args).items()
+            if key not in ("func", "resume", "quiet") and value != defaults.get(key)]
+
+
 def _options_given(args: argparse.Namespace) -> list[str]:
     """The training options of ``args`` that differ from their defaults, as ``name=value``."""
-    defaults = vars(build_parser().parse_args(["train"]))
-    return [f"{key}={value}" for key, value in vars(args).items()
-            if key not in ("func", "resume", "quiet") and value != defaults.get(key)]
+    return [f"{key}={getattr(args, key)}" for key in _changed_options(args)]
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
