@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from recurrax.cli import build_parser, keeps_freed_memory, main
+from recurrax.data.tasks import get_task
 from recurrax.lm.dynamic import LEARNING_RATES
 
 TINY_LM = ["--hidden", "8", "--embed", "8", "--steps", "4", "--batch", "4", "--chunk", "16", "--eval-every", "2",
@@ -202,7 +204,23 @@ def test_task_training_from_the_command_line(tmp_path, capsys):
             "--quiet"]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
-    assert results["task"] == "adding" and results["steps"] == 6 and results["baseline_metric"] == pytest.approx(1 / 6)
+    assert results["task"] == "adding" and results["steps"] == 6
+    # the baseline (predict 1) is scored on the same 32 test sequences as the model
+    test = get_task("adding", length=12).generate("test", 32, 0)
+    assert results["baseline_metric"] == pytest.approx(np.mean((1.0 - test.targets) ** 2))
+
+
+def test_task_baseline_on_a_fixed_data_set_cut_short(tmp_path):
+    """--valid-size 10 on sunspots scores model and naive forecast on the same first 10 test windows."""
+    run = tmp_path / "sunspots"
+    assert main(["train", "--task", "sunspots", "--hidden", "4", "--steps", "2", "--eval-every", "2",
+                 "--valid-size", "10", "--batch", "8", "--run-dir", str(run), "--quiet"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    test = get_task("sunspots").generate("test", 10, 0)
+    assert len(test) == 10 < get_task("sunspots").size("test")
+    naive = np.repeat(test.inputs[:, -1, :].astype(np.float64), test.targets.shape[1], axis=1)
+    assert results["baseline_metric"] == pytest.approx(np.mean((naive - test.targets) ** 2))
+    assert results["baseline_metric"] != pytest.approx(get_task("sunspots").baseline_metric, rel=1e-3)
 
 
 def test_gradient_flow_from_the_command_line(tmp_path, capsys):

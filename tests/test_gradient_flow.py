@@ -2,6 +2,7 @@
 
 import csv
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,6 +111,22 @@ def test_default_loss_is_normalised_at_the_last_step_and_float32_agrees_with_flo
     with jax.enable_x64(True):
         cell64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), cell)
         np.testing.assert_allclose(norms, gradient_norms(cell64, xs), rtol=1e-4)
+
+
+@pytest.mark.parametrize("x64, length", [(False, 75), (True, 560)])
+def test_norms_stay_exact_below_the_square_root_of_the_smallest_float(x64, length):
+    """W_hh = a I, identity activation: ‖∂L/∂h_t‖ = a^(T-t) ‖∂L/∂h_T‖, down to 1e-33 in float32
+    and 1e-300 in float64 (squared entries underflow from 1e-19 and 1e-154)."""
+    a = 0.3 if x64 else 0.35
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        cell = recurrax.Elman(X, H, activation="identity", key=jax.random.key(0))
+        cell = jax.tree_util.tree_map(lambda w: jnp.asarray(w, dtype), cell)
+        cell = eqx.tree_at(lambda c: c.weight_hh, cell, a * jnp.eye(H, dtype=dtype))
+        norms = gradient_norms(cell, np.ones((length, X)))
+    expected = float(norms[-1]) * a ** np.arange(length - 1, -1, -1, dtype=np.float64)
+    assert expected[0] < (1e-32 if not x64 else 1e-290)
+    np.testing.assert_allclose(norms, expected, rtol=1e-4 if not x64 else 1e-9)
 
 
 def test_component_h_reads_only_the_hidden_part():

@@ -117,8 +117,12 @@ def _train_parser(sub) -> None:
     g.add_argument("--length", type=_positive(int), help="sequence length of a synthetic task (task default if unset)")
     g.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                    help="a task option, e.g. --option delay=50 for copy (repeatable)")
-    g.add_argument("--train-size", type=_positive(int), default=10000, help="synthetic task: training sequences")
-    g.add_argument("--valid-size", type=_positive(int), default=1000, help="synthetic task: validation/test sequences")
+    g.add_argument("--train-size", type=_positive(int), default=10000,
+                   help="tasks: training sequences, drawn for a generated task; a fixed data set (sunspots, "
+                   "digits, ...) trains on its first N (all of it by default)")
+    g.add_argument("--valid-size", type=_positive(int), default=1000,
+                   help="tasks: validation and test sequences (a fixed data set's first N of each split; the "
+                   "baseline is scored on the same test sequences)")
     g = p.add_argument_group("model")
     g.add_argument("--cell", choices=tuple(CELLS), help=f"recurrent cell {_defaults('cell')}")
     g.add_argument("--hidden", type=_positive(int), help=f"hidden size per layer (text / tasks) {_defaults('hidden')}")

@@ -109,7 +109,12 @@ def _norms(cell: Cell, xs: jax.Array, loss_fn: Callable[[Any], jax.Array], compo
     zeros = jax.tree_util.tree_map(lambda h: jnp.zeros((length,) + h.shape, h.dtype), h0)
     grads = jax.grad(loss_of_perturbations)(zeros)
     parts = [_hidden(grads)] if component == "h" else jax.tree_util.tree_leaves(grads)
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(g.reshape(length, -1)) ** 2, axis=1) for g in parts))
+    entries = jnp.concatenate([jnp.abs(g.reshape(length, -1)) for g in parts], axis=1)
+    # Scaled by each step's largest entry: squares of entries below sqrt(tiny) (1e-19 in float32,
+    # 1e-154 in float64) would underflow to 0 long before the gradient itself does.
+    scale = jnp.max(entries, axis=1)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return scale * jnp.sqrt(jnp.sum((entries / safe[:, None]) ** 2, axis=1))
 
 
 def gradient_norms(
@@ -177,7 +182,8 @@ def gradient_flow(
     orders of magnitude, and an arithmetic mean would follow the single slowest-decaying sample.
 
     Runs in float64 (``jax.enable_x64``) so that curves decaying below float32's range stay
-    measurable; one compiled function per cell type, vectorised over seeds and inputs.
+    measurable (to about 1e-308; where any sample's gradient falls below that, the mean is 0);
+    one compiled function per cell type, vectorised over seeds and inputs.
     """
     length = _checks.positive_int("length", length)
     _checks.positive_int("batch", batch)
@@ -192,7 +198,8 @@ def gradient_flow(
             size = _loss_size(jax.eval_shape(lambda: cls(input_size, hidden_size, key=jax.random.key(0))))
             u = jnp.asarray(_unit_vector(size), jnp.float64)
             norms = _seed_norms(cls, input_size, hidden_size, batch, length, keys, u, component)
-            curves[name] = np.exp(np.log(np.asarray(norms)).reshape(-1, length).mean(0))
+            with np.errstate(divide="ignore"):  # a norm of 0 (below float64's range) makes the mean 0
+                curves[name] = np.exp(np.log(np.asarray(norms)).reshape(-1, length).mean(0))
     return curves
 
 
