@@ -87,10 +87,12 @@ def test_stack_size_mismatch():
         recurrax.Stack([a, b])
 
 
-def test_one_step_call_checks_shape():
+def test_one_step_call_checks_shape_and_dtype():
     cell = recurrax.LSTM(X, H, key=KEY)
     with pytest.raises(ValueError, match=r"one step x of shape \(3,\)"):
         cell(cell.init_state(), jnp.ones((2, X)))
+    with pytest.raises(TypeError, match="LSTM takes a floating-point step x, got dtype int32"):
+        cell(cell.init_state(), jnp.ones(X, jnp.int32))
 
 
 def test_empty_sequence(layer):

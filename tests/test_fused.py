@@ -249,6 +249,27 @@ def test_nested_vmap_equals_plain():
     assert_trees_close(grads, want_grads, 2e-5)
 
 
+@pytest.mark.parametrize("name", ["elman", "forget-elman", "mgu", "gru", "lstm"])
+def test_an_ensemble_vmapped_over_its_weights_equals_plain(name):
+    """vmap over the cells' weights (an ensemble of B members), each member on its own sequence and
+    all on one shared sequence, with starts and masks: each member projects its inputs with its own
+    weights; values and gradients equal the plain loop's."""
+    cells = eqx.filter_vmap(lambda k: make(name, k))(jnp.arange(B))
+    xs = jax.random.normal(jax.random.key(1), (B, T, X))
+
+    def loss(fused):
+        def total(cells, xs):
+            own = eqx.filter_vmap(lambda c, x, s, m: recurrax.scan(c, x, starts=s, mask=m, fused=fused)[0])
+            shared = eqx.filter_vmap(lambda c: recurrax.scan(c, xs[0], reverse=True, fused=fused)[0])
+            return jnp.sum(jnp.sin(own(cells, xs, STARTS, MASK))) + jnp.sum(jnp.cos(shared(cells)))
+
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(cells, xs)
+
+    (value, grads), (want, want_grads) = loss(True), loss(False)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert_trees_close(grads, want_grads, 2e-5)
+
+
 def test_which_inference_loops_take_one_product():
     """The inference loop joins the input and recurrent products for LSTM at large batches only."""
     mid, large = recurrax.fused.LOOP_MIN_BATCH, recurrax.fused.LARGE_BATCH

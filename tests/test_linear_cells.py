@@ -334,6 +334,22 @@ def test_log_space_and_plain_min_rnns_agree():
         recurrax.MinGRU(X, H, key=jax.random.key(0), candidate="linear")
 
 
+@pytest.mark.parametrize("log_space", [True, False])
+def test_min_lstm_gates_that_both_underflow_stay_normalised(log_space):
+    """k_f = k_i = −120 in float32: sigmoid gives 0 for both, yet f' = i' = 1/2 (h̃ = g(1) = 1.5):
+    h_t = (h_{t−1} + 1.5) / 2 from h_0 = 0, and the gradient is finite, in every mode."""
+    cell = recurrax.MinLSTM(1, 1, key=jax.random.key(0), log_space=log_space)
+    cell = eqx.tree_at(lambda c: (c.weight, c.bias), cell,
+                       (jnp.zeros((3, 1)), jnp.array([-120.0, -120.0, 1.0])))
+    xs = jnp.zeros((3, 1))
+    expected = np.array([0.75, 1.125, 1.3125])[:, None]
+    for mode in ("sequential", "associative", "chunked"):
+        ys, _ = recurrax.scan(cell, xs, mode=mode)
+        np.testing.assert_allclose(ys, expected, rtol=1e-6)
+        grads = jax.grad(lambda c: jnp.sum(recurrax.scan(c, xs, mode=mode)[0]))(cell)
+        assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+
+
 def test_initialisations_follow_the_papers():
     lru = make("lru", r_min=0.4, r_max=0.9, max_phase=1.0)
     lam = np.asarray(lru.decay)
@@ -367,6 +383,21 @@ def test_cells_follow_the_default_float_dtype():
             assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype("float64")}, name
             want = "complex128" if name in ("lru", "ffm") else "float64"
             assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state)} == {jnp.dtype(want)}, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_cells_run_in_every_mode(name):
+    """bfloat16 weights and inputs: every mode runs and stays near the float32 cell; the complex
+    states (LRU, FFM) are complex64, there being no half-precision complex type."""
+    cell = make(name)
+    half = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, cell)
+    xs = jax.random.normal(jax.random.key(1), (6, X))
+    want, _ = recurrax.scan(cell, xs)
+    for mode in ("sequential", "associative", "chunked"):
+        ys, state = recurrax.scan(half, xs.astype(jnp.bfloat16), mode=mode)
+        np.testing.assert_allclose(np.asarray(ys, np.float32), want, rtol=0.1, atol=0.1)
+        if name in ("lru", "ffm"):
+            assert state.dtype == jnp.complex64 and ys.dtype == jnp.float32
 
 
 # ============================================================================================

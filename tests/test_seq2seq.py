@@ -133,5 +133,14 @@ def test_bad_arguments():
             model(jnp.asarray(bad))
     with pytest.raises(ValueError, match="source token ids must be in"):
         decode(model, jnp.asarray([[0, 1, vocab, 0, 0]]), 3)
+    with pytest.raises(ValueError, match=r"output_size \(12\) exceeds vocab_size \(10\)"):
+        Seq2Seq("gru", 10, 12, 8, source_length=3, key=jax.random.key(0))
+    one_source = r"sources must be a batch .* got shape \(5,\) \(one source: pass sources\[None\]\)"
+    with pytest.raises(ValueError, match=one_source):
+        decode(model, jnp.zeros(5, jnp.int32), 3)
+    with pytest.raises(ValueError, match=r"got shape \(0, 5\)"):
+        decode(model, jnp.zeros((0, 5), jnp.int32), 3)
+    with pytest.raises(ValueError, match=f"decoded tokens must be in \\[0, {model.output_size}\\)"):
+        sequence_log_prob(model, jnp.zeros(5, jnp.int32), jnp.asarray([model.output_size, 2]))
     with pytest.raises(ValueError, match="max_digits must be at most 6"):
         get_task("numbers", max_digits=7)

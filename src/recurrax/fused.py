@@ -581,8 +581,14 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, cell, xs, h0, h_reset, starts, mask):
-        in_loop, joint = choices(cell, axis_size, xs.shape[1] if in_batched[1] else xs.shape[0])
         in_axes = list(jax.tree_util.tree_map(lambda batched: 0 if batched else None, tuple(in_batched)))
+        if any(jax.tree_util.tree_leaves(in_batched[0])):  # an ensemble: each member's weights project its inputs
+            projections = jax.vmap(_input_products, in_axes=(in_axes[0], in_axes[1]))(cell, xs)
+            one = functools.partial(_loop, rule, unroll, False, False, inference)
+            in_axes[1] = 0
+            out = jax.vmap(one, in_axes=tuple(in_axes))(cell, projections, h0, h_reset, starts, mask)
+            return out, jax.tree_util.tree_map(lambda _: True, out)
+        in_loop, joint = choices(cell, axis_size, xs.shape[1] if in_batched[1] else xs.shape[0])
         if not in_loop and in_batched[1]:
             xs, in_axes[1] = _time_major_projections(cell, xs), 1
         elif not in_loop:

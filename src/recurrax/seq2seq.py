@@ -89,6 +89,9 @@ class Seq2Seq(eqx.Module):
                 raise ValueError(f"{name} token {token} is outside the vocabulary of {vocab_size}")
         if eos >= output_size:
             raise ValueError(f"the eos token ({eos}) must be one of the {output_size} output classes")
+        if output_size > vocab_size:
+            raise ValueError(f"output_size ({output_size}) exceeds vocab_size ({vocab_size}): every output class is a "
+                             "token the decoder reads back, so it must be in the vocabulary")
         self.pad, self.go, self.eos = int(pad), int(go), int(eos)
         k_emb, k_enc, k_dec, k_head = jax.random.split(key, 4)
         self.embedding = jax.random.normal(k_emb, (vocab_size, embed_size)) * 0.1
@@ -190,7 +193,9 @@ def beam_search(model: Seq2Seq, source: jax.Array, max_length: int, beam_width: 
 
 def sequence_log_prob(model: Seq2Seq, source: jax.Array, tokens: jax.Array) -> jax.Array:
     """log p(tokens | source) of a decoded sequence (``pad`` after ``eos`` not scored), by teacher forcing."""
-    tokens = jnp.asarray(tokens)
+    tokens = _checks.token_ids(tokens, model.output_size, "decoded tokens")
+    if tokens.ndim != 1 or len(tokens) == 0:
+        raise ValueError(f"tokens must be one decoded sequence (U,) with U >= 1, got shape {tokens.shape}")
     previous = jnp.concatenate([jnp.asarray([model.go]), tokens[:-1]])
     _, logits = jax.lax.scan(lambda state, token: model.step(state, token), model.encode(source), previous)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, None], axis=-1)[:, 0]
@@ -211,6 +216,9 @@ def decode(model: Seq2Seq, sources: Any, max_length: int, *, beam_width: int | N
     if beam_width is not None:
         _checks.positive_int("beam_width", beam_width)
     sources = _checks.token_ids(sources, model.embedding.shape[0], "source token ids")
+    if sources.ndim != 2 or len(sources) == 0:
+        raise ValueError(f"sources must be a batch of token sequences (N, S) with N >= 1, got shape {sources.shape}"
+                         + (" (one source: pass sources[None])" if sources.ndim == 1 else ""))
     chunks = [
         _decode_batch(model, sources[lo : lo + batch_size], int(max_length), int(beam_width or 0))[0]
         for lo in range(0, len(sources), batch_size)

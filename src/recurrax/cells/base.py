@@ -64,6 +64,9 @@ class Cell(eqx.Module):
     def __call__(self, state: State, x: jax.Array) -> tuple[State, jax.Array]:
         """One time step: ``f(h_{t-1}, x_t)`` and the step's output."""
         x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{type(self).__name__} takes a floating-point step x, got dtype {x.dtype}; cast it "
+                            "(e.g. x.astype(jnp.float32)) or embed token ids first")
         if x.shape != (self.input_size,):
             raise ValueError(
                 f"{type(self).__name__} takes one step x of shape ({self.input_size},), got shape {tuple(x.shape)}"
@@ -74,6 +77,16 @@ class Cell(eqx.Module):
     def _dtype(self) -> jnp.dtype:
         leaves = [leaf for leaf in jax.tree_util.tree_leaves(self) if eqx.is_inexact_array(leaf)]
         return jnp.result_type(*leaves) if leaves else jnp.float32
+
+    def _complex_dtype(self) -> jnp.dtype:
+        """The dtype of a complex state: complex64, or complex128 for float64 weights (there is
+        no half-precision complex type, so bfloat16 and float16 cells keep complex64 states)."""
+        return jnp.result_type(self._dtype(), jnp.complex64)
+
+    def _complex(self, re: jax.Array, im: jax.Array) -> jax.Array:
+        """re + i·im in :meth:`_complex_dtype` (``lax.complex`` takes float32 or float64 parts only)."""
+        real = jnp.finfo(self._complex_dtype()).dtype
+        return jax.lax.complex(re.astype(real), im.astype(real))
 
 
 class AssociativeCell(Cell):

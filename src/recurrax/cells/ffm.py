@@ -34,7 +34,8 @@ class FFM(AssociativeCell):
     Each trace j decays at its own rate |α_j| and each context k rotates at its own frequency
     ω_k, so S_t holds the input history under m × c exponentially decaying sinusoidal windows
     (a discounted Laplace/Fourier transform of the history). The state S (m, c) is complex
-    (complex64 in float32); the output y_t has size H = ``hidden_size``.
+    (complex64 in float32, and in bfloat16/float16, whose outputs are then float32); the output
+    y_t has size H = ``hidden_size``.
 
     Simplifications and choices (the paper's equations as we know them; not its code):
     the layer norm LN has no learnable scale or shift; α is initialised so that trace j keeps
@@ -89,15 +90,12 @@ class FFM(AssociativeCell):
         self.output_weight = uniform_init(k5, (2 * hidden_size, input_size), sx)
         self.output_bias = uniform_init(k6, (2 * hidden_size,), sx)
 
-    def _complex_dtype(self):
-        return jnp.result_type(self._dtype(), jnp.complex64)
-
     @property
     def decay(self) -> jax.Array:
         """γ = exp(−|α| + iω), complex of shape (m, c)."""
         re = jnp.broadcast_to(-jnp.abs(self.alpha)[:, None], (self.trace_size, self.context_size))
         im = jnp.broadcast_to(self.omega[None, :], (self.trace_size, self.context_size))
-        return jnp.exp(jax.lax.complex(re, im))
+        return jnp.exp(self._complex(re, im))
 
     def init_state(self) -> jax.Array:
         return jnp.zeros((self.trace_size, self.context_size), self._complex_dtype())

@@ -21,7 +21,8 @@ class LRU(AssociativeCell):
         h_t &= \lambda \odot h_{t-1} + \gamma \odot (B x_t), \qquad \gamma = \exp(\gamma_{\log}) \\
         y_t &= \mathrm{Re}(C h_t) + D x_t
 
-    The state h ∈ ℂ^N is complex (complex64 in float32). |λ| = exp(−exp(ν)) < 1 for every real ν
+    The state h ∈ ℂ^N is complex (complex64 in float32, and in bfloat16/float16, whose outputs
+    are then float32). |λ| = exp(−exp(ν)) < 1 for every real ν
     (the paper's stable exponential parameterisation), so the recurrence cannot blow up, and the
     phase is exp(θ). At initialisation λ is drawn uniformly on the ring r_min ≤ |λ| ≤ r_max
     (uniform in area: |λ|² ~ U[r_min², r_max²]) with phase U[0, max_phase], and the normaliser is
@@ -88,20 +89,17 @@ class LRU(AssociativeCell):
         d_shape = (hidden_size,) if input_size == hidden_size else (hidden_size, input_size)
         self.D = jax.random.normal(k_d, d_shape)
 
-    def _complex_dtype(self):
-        return jnp.result_type(self._dtype(), jnp.complex64)
-
     @property
     def decay(self) -> jax.Array:
         """λ = exp(−exp(ν) + i exp(θ)), complex of shape (N,)."""
-        return jnp.exp(jax.lax.complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
+        return jnp.exp(self._complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
 
     def init_state(self) -> jax.Array:
         return jnp.zeros((self.state_size,), self._complex_dtype())
 
     def project(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         gamma = jnp.exp(self.gamma_log)
-        b = jax.lax.complex(gamma * (self.B_re @ x), gamma * (self.B_im @ x))
+        b = self._complex(gamma * (self.B_re @ x), gamma * (self.B_im @ x))
         skip = self.D * x if self.D.ndim == 1 else self.D @ x
         return b, skip
 

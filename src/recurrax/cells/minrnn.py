@@ -124,8 +124,10 @@ class MinLSTM(_MinRNN):
 
     (the paper's time-independent-scale form, f' + i' = 1). The element is (f'_t, i'_t ⊙ h̃_t).
     ``log_space=True`` (default) uses the paper's log-space gates: with
-    d = softplus(−k_f) − softplus(−k_i), log f' = −softplus(d) and log i' = −softplus(−d), and
-    composes with ``logaddexp``; ``candidate`` and ``log_space`` are as in :class:`MinGRU`.
+    d = softplus(−k_f) − softplus(−k_i) = log i_t − log f_t, log f' = −softplus(d) and
+    log i' = −softplus(−d), and composes with ``logaddexp``; ``log_space=False`` computes
+    f' = sigmoid(−d), i' = sigmoid(d) (the same values; f/(f + i) is 0/0 where both gates underflow).
+    ``candidate`` and ``log_space`` are as in :class:`MinGRU`.
 
     Parameters: ``weight`` (3H, X) and ``bias`` (3H,) stacked [f; i; h̃], U(−1/√X, 1/√X).
     """
@@ -133,9 +135,10 @@ class MinLSTM(_MinRNN):
     _num_blocks = 3
 
     def _coefficients(self, p):
+        # f' = f / (f + i) = sigmoid(−d) with d = log i − log f: no 0/0 where both gates underflow.
         k_f, k_i, k_h = jnp.split(p, 3)
-        f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
-        return f / (f + i), i / (f + i) * self._candidate(k_h)
+        d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+        return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * self._candidate(k_h)
 
     def _log_coefficients(self, p):
         k_f, k_i, k_h = jnp.split(p, 3)
