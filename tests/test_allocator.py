@@ -47,19 +47,38 @@ def test_freed_block_stays_resident_only_after_retain():
     assert released_retained < 4 * 1024  # kept: at most a few pages of other frees went back
 
 
-def test_freed_memory_kept_reads_the_setting_and_the_environment(monkeypatch):
+ASK = r"""
+import os, sys, warnings
+import recurrax.allocator as allocator
+if sys.argv[1] == "set-late":
+    os.environ.update(allocator.ENVIRONMENT)
+if sys.argv[1] == "after-jax":
+    import jax.numpy as jnp
+    jnp.ones(3).block_until_ready()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        print(allocator.retain_freed_memory(), any("after JAX's first computation" in str(w.message) for w in caught))
+else:
+    print(allocator.freed_memory_kept())
+"""
+
+
+def ask(mode: str, env: dict) -> str:
+    return subprocess.run([sys.executable, "-c", ASK, mode], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_freed_memory_kept_reads_the_environment_the_process_started_with_and_the_setting(monkeypatch):
+    import os
+
     import recurrax.allocator as allocator
 
-    monkeypatch.setattr(allocator, "_retained", False)
-    for name in allocator.ENVIRONMENT:
-        monkeypatch.delenv(name, raising=False)
-    assert not allocator.freed_memory_kept()
-    for name, value in list(allocator.ENVIRONMENT.items())[:-1]:
-        monkeypatch.setenv(name, value)
-    assert not allocator.freed_memory_kept()  # one setting missing: glibc still trims and maps
-    monkeypatch.setenv(*list(allocator.ENVIRONMENT.items())[-1])
-    assert allocator.freed_memory_kept() == sys.platform.startswith("linux")
-    for name in allocator.ENVIRONMENT:
-        monkeypatch.delenv(name)
+    base = {k: v for k, v in os.environ.items() if k not in allocator.ENVIRONMENT}
+    assert ask("started", {**base, **allocator.ENVIRONMENT}) == "True"
+    partial = dict(list(allocator.ENVIRONMENT.items())[:-1])
+    assert ask("started", {**base, **partial}) == "False"  # one setting missing: glibc still trims and maps
+    assert ask("set-late", base) == "False"  # set after the start: glibc never read it
+    assert ask("after-jax", base) == "False True"  # too late to apply: a warning, nothing changed
     monkeypatch.setattr(allocator, "_retained", True)
     assert allocator.freed_memory_kept()

@@ -189,3 +189,37 @@ def test_bad_strategies():
     m = recurrax.SequenceModel("gru", X, H, 1, readout="last", key=jax.random.key(0))
     with pytest.raises(ValueError, match="scores only the last step"):
         make_update(eqx.partition(m, eqx.is_inexact_array)[1], optax.sgd(0.1), "last-mse", "sum", BPTT("curriculum"))
+
+
+def test_truncated_last_step_reads_a_short_padded_sequence_at_its_own_last_step():
+    """A sequence padded past the final chunk: the truncated update scores the same outputs as the
+    full model (read at each sequence's last valid step), and its gradient reaches the recurrent
+    weights: the full-BPTT gradient of the last 4 valid steps, the earlier ones carried in."""
+    m = recurrax.SequenceModel("gru", X, H, 1, readout="last", key=jax.random.key(0))
+    params, static = eqx.partition(m, eqx.is_inexact_array)
+    rng = np.random.default_rng(5)
+    lengths = np.array([12, 9, 5])
+    batch = {
+        "inputs": jnp.asarray(rng.normal(size=(B, 12, X)), jnp.float32),
+        "targets": jnp.asarray(rng.normal(size=(B, 1)), jnp.float32),
+        "mask": jnp.asarray(np.arange(12)[None] < lengths[:, None]),
+    }
+    full_loss, _ = batch_loss(params, static, batch, objective="last-mse", reduce="sum")
+    opt = optax.sgd(0.1)
+    update = make_update(static, opt, "last-mse", "sum", BPTT("truncated", chunk=4))
+    new_params, _, _, metrics = update(params, opt.init(params), None, batch, jax.random.key(0), 1)
+    np.testing.assert_allclose(metrics["loss"], full_loss, rtol=1e-6)
+
+    def one_sequence_loss(p, b):  # this sequence alone, its last 4 valid steps differentiated
+        n = lengths[b]
+        head = {"inputs": batch["inputs"][b:b + 1, : n - 4], "mask": jnp.ones((1, n - 4), bool),
+                "targets": batch["targets"][b:b + 1]}
+        _, state = batch_loss(params, static, head, objective="last-mse", reduce="sum")
+        tail = {"inputs": batch["inputs"][b:b + 1, n - 4 : n], "mask": jnp.ones((1, 4), bool),
+                "targets": batch["targets"][b:b + 1]}
+        return batch_loss(p, static, tail, objective="last-mse", reduce="sum", carry=jax.lax.stop_gradient(state))[0]
+
+    grads = jax.grad(lambda p: sum(one_sequence_loss(p, b) for b in range(B)) / B)(params)
+    want = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+    for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

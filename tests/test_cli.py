@@ -155,9 +155,27 @@ def test_word_level_generation_shows_the_prompt_as_the_model_reads_it(tmp_path, 
     assert main(["generate", str(run), "--prompt", "The zebra", "--length", "0"]) == 0
     assert capsys.readouterr().out.strip() == "The <unk>"
     unseen = tmp_path / "unseen.txt"
-    unseen.write_text("The zebra sat on the sofa .\n")
+    unseen.write_text("The zebra sat on the sofa <unk> .\n")  # a literal <unk> is the vocabulary's own token
     assert main(["eval", str(run), "--data", str(unseen)]) == 0
     assert "(2 not in the vocabulary, scored as <unk>)" in capsys.readouterr().out
+
+
+def test_a_run_reads_its_corpus_from_any_directory_and_refuses_an_empty_prompt_before_training(
+        tmp_path, capsys, monkeypatch):
+    text = tmp_path / "words.txt"
+    text.write_text("The cat sat on the mat .\nThe dog sat on the log .\n" * 40)
+    monkeypatch.chdir(tmp_path)
+    args = TINY_LM + ["--level", "word", "--chunk", "8", "--sample-length", "0"]
+    assert main(["train", "--data", "words.txt", "--run-dir", "empty", "--prompt", "  "] + args) == 2
+    assert "the prompt is empty" in capsys.readouterr().err and not (tmp_path / "empty" / "results.json").exists()
+    assert main(["train", "--data", "words.txt", "--run-dir", "run"] + args) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["data"] == str(text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", "../run", "--data", "../words.txt", "--memory"]) == 0  # the memory reads the corpus
+    assert "bits/word" in capsys.readouterr().out
 
 
 def test_a_diverging_run_is_one_message_and_a_run_without_checkpoint_resumes_from_the_start(tmp_path, capsys):

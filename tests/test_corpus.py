@@ -119,7 +119,7 @@ def test_error_cases(tmp_path) -> None:
         "nul.bin": (b"text" * 50 + b"\x00\x01" + b"more\n" * 50, "binary: NUL byte at offset 200"),
         "latin1.txt": ("caf\u00e9\n".encode("latin-1") * 100, "not UTF-8 text"),
         "small.txt": (b"just a few words\nand lines\n", "too small"),
-        "oneline.txt": (b"x" * 10_000, "too small to split"),
+        "oneline.txt": (b"x" * 10_000, "has 10000 characters but only 1 line.*break the text into more lines"),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / name

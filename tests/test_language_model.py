@@ -61,7 +61,13 @@ def test_filters_against_their_definitions():
     needed = np.searchsorted(np.cumsum(p[order]), 0.8) + 1  # smallest prefix with mass >= 0.8
     nucleus = np.asarray(filter_logits(jnp.asarray(logits), top_p=0.8))
     assert set(np.flatnonzero(np.isfinite(nucleus))) == set(order[:needed])
-    np.testing.assert_allclose(filter_logits(jnp.asarray(logits), temperature=0.5), logits / 0.5, rtol=1e-6)
+    scaled = np.asarray(filter_logits(jnp.asarray(logits), temperature=0.5))
+    np.testing.assert_allclose(scaled, (logits - logits.max()) / 0.5, rtol=1e-6, atol=1e-6)
+    keys = jax.random.split(jax.random.key(0), 16)
+    for options in (dict(), dict(top_p=0.5), dict(top_k=3)):  # τ → 0: the most probable token, no overflow
+        tiny = filter_logits(jnp.asarray(logits, jnp.float32) - 5.0, temperature=1e-39, **options)
+        draws = jax.vmap(lambda k: jax.random.categorical(k, tiny))(keys)
+        assert set(np.asarray(draws).tolist()) == {int(np.argmax(logits))}
     for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.5)):
         with pytest.raises(ValueError):
             filter_logits(jnp.asarray(logits), **bad)

@@ -99,3 +99,49 @@ def test_last_step_head_reads_the_last_valid_step():
     np.testing.assert_allclose(head.last(hs), head(hs)[-1], rtol=1e-6)
     mask = np.array([1, 1, 1, 1, 0, 0], bool)
     np.testing.assert_allclose(head.last(hs, mask=mask), head(hs)[3], rtol=1e-6)
+
+
+def test_last_step_readout_of_a_bidirectional_model_reads_each_direction_where_it_has_seen_everything():
+    """readout="last", bidirectional, padded at both ends: g([→h at the last valid step; ←h at the
+    first valid step]), each direction run over the valid steps only, by hand."""
+    model = recurrax.SequenceModel("gru", X, H, 2, bidirectional=True, readout="last", key=jax.random.key(0))
+    xs = np.asarray(jax.random.normal(jax.random.key(1), (T, X)))
+    mask = np.array([0, 1, 1, 1, 1, 0], bool)
+    layer = model.stack.layers[0]
+    fwd = run("gru", layer.forward.cell, xs[mask])[0][-1]
+    bwd = run("gru", layer.backward.cell, xs[mask], reverse=True)[0][0]
+    want = np.concatenate([fwd, bwd]) @ np.asarray(model.head.weight).T + np.asarray(model.head.bias)
+    np.testing.assert_allclose(model(xs, mask=mask), want, rtol=1e-5, atol=1e-6)
+    changed = xs.copy()
+    changed[1] += 1.0  # the first valid step reaches the backward half of the readout
+    assert not np.allclose(model(changed, mask=mask), model(xs, mask=mask))
+    with pytest.raises(ValueError, match=r"backward_size must be in \[0, 8\]"):
+        model.head.last(np.zeros((T, 2 * H)), backward_size=9)
+
+
+def test_dropout_of_a_one_layer_model_acts_on_the_top_outputs():
+    """One layer, dropout 0.5, identity head: each output entry is 0 or twice the layer's output
+    (inverted dropout on the top layer's outputs), and both occur; no key, no dropout."""
+    model = recurrax.SequenceModel("gru", X, H, H, dropout=0.5, key=jax.random.key(0))
+    model = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), model, (np.eye(H, dtype=np.float32),
+                                                                       np.zeros(H, np.float32)))
+    xs = np.asarray(jax.random.normal(jax.random.key(1), (T, X)))
+    hs = run("gru", model.stack.layers[0].cell, xs)[0]
+    np.testing.assert_allclose(model(xs), hs, rtol=1e-5, atol=1e-6)
+    dropped = np.asarray(model(xs, key=jax.random.key(2)))
+    kept = np.isclose(dropped, 2 * hs, rtol=1e-5, atol=1e-6)
+    assert (kept | (dropped == 0)).all() and 0 < kept.sum() < kept.size
+
+
+def test_layer_type_errors():
+    cell = recurrax.LSTM(X, H, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"layer 0 is a LSTM \(wrap a cell: Recurrent\(LSTM\(...\)\)\)"):
+        recurrax.Stack([cell])
+    with pytest.raises(TypeError, match="got a LSTM instance"):
+        recurrax.make_stack(cell, X, H, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="dropout must be a number in"):
+        recurrax.Stack([recurrax.Recurrent(cell)], dropout=None)
+    with pytest.raises(ValueError, match=r"this head reads hs of shape \(T, 3\), got shape \(6, 4\)"):
+        recurrax.Head(3, 2, key=jax.random.key(0))(np.zeros((T, 4)))
+    with pytest.raises(ValueError, match="embed_size must be a positive integer"):
+        recurrax.SequenceModel("gru", 5, H, 2, input_kind="tokens", embed_size=0, key=jax.random.key(0))

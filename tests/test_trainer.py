@@ -162,6 +162,9 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     checkpoint.save(path, {"w": np.ones(3)})
     with pytest.raises(checkpoint.CheckpointError, match="does not match"):
         checkpoint.load(path, {"w": np.ones(4)})
+    checkpoint.save(path, {"a": np.ones(3), "b": np.ones(2)})
+    with pytest.raises(checkpoint.CheckpointError, match="holds more parameters"):
+        checkpoint.load(path, {"a": np.ones(3)})
 
 
 def test_early_stopping(tmp_path):
@@ -179,3 +182,73 @@ def test_curriculum_skips_prefixes_that_score_nothing():
     result = fit(model, ShuffledBatches(data, 8), objective="per-step-mse", config=config, progress=False)
     assert [r["prefix"] for r in result.records] == [5] * 5 + [6]  # 5 batches per epoch at each stage
     assert all(r["loss"] > 0 for r in result.records)
+
+
+def test_padded_steps_never_enter_the_loss_even_when_their_targets_are_not_numbers():
+    """NaN regression targets and label −100 at padded steps: the losses and their gradients are
+    those of the counted steps alone, written out in NumPy, jitted or not."""
+    from recurrax.train.losses import per_step_cross_entropy, per_step_squared_error
+
+    rng = np.random.default_rng(0)
+    mask = np.array([1, 1, 0, 1, 0], bool)
+    preds, targets = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    logits, labels = rng.normal(size=(5, 3)), np.array([2, 0, -100, 1, -100])
+    want_mse = np.sum((preds - targets)[mask] ** 2) / mask.sum()
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want_xent = -np.mean(lp[mask, labels[mask]])
+    targets[~mask] = np.nan
+    for fn in (lambda f, *a: f(*a), lambda f, *a: jax.jit(f, static_argnames="reduce")(*a)):
+        mse = fn(lambda p, t, w, reduce="mean": per_step_squared_error(p, t, w, reduce=reduce), preds, targets, mask)
+        xent = fn(lambda z, y, w, reduce="mean": per_step_cross_entropy(z, y, w, reduce=reduce), logits, labels, mask)
+        np.testing.assert_allclose(mse, want_mse, rtol=1e-6)
+        np.testing.assert_allclose(xent, want_xent, rtol=1e-6)
+    grad = jax.grad(lambda p: per_step_squared_error(p, targets, mask, reduce="sum"))(preds)
+    np.testing.assert_allclose(grad, np.where(mask[:, None], 2 * (preds - np.nan_to_num(targets)), 0.0), rtol=1e-6)
+
+
+def test_evaluation_resets_at_episode_starts():
+    """Two episodes packed in one row score as the same episodes in rows of their own."""
+    model = recurrax.SequenceModel("gru", 1, 4, 1, key=jax.random.key(0))
+    data = sum_task(2, 0, length=3)
+    packed = {"inputs": data["inputs"].reshape(1, 6, 1), "targets": data["targets"].reshape(1, 6, 1),
+              "mask": np.ones((1, 6), bool), "starts": np.array([[1, 0, 0, 1, 0, 0]], bool)}
+    separate = evaluate_sequences(model, data, objective="per-step-mse", metric="mse")
+    together = evaluate_sequences(model, packed, objective="per-step-mse", metric="mse")
+    np.testing.assert_allclose(together["valid_mse"], separate["valid_mse"], rtol=1e-6)
+
+
+def test_without_evaluation_the_best_model_is_the_final_one_and_a_nan_validation_loss_stops_the_run():
+    model = recurrax.SequenceModel("gru", 1, 8, 1, key=jax.random.key(0))
+    config = TrainConfig(steps=4, batch_size=8, eval_every=2, log_every=4)
+    result = fit(model, ShuffledBatches(sum_task(16, 0), 8), objective="per-step-mse", config=config, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(result.best_model), jax.tree_util.tree_leaves(result.model)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FloatingPointError, match="the validation loss became nan at step 2"):
+        fit(model, ShuffledBatches(sum_task(16, 0), 8), objective="per-step-mse", config=config, progress=False,
+            evaluate=lambda m: {"valid_loss": float("nan")})
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(weight_decay=-0.5, optimizer="adamw"), ValueError, "weight_decay must be >= 0 and finite"),
+    (dict(weight_decay=float("nan"), optimizer="adamw"), ValueError, "weight_decay must be >= 0"),
+    (dict(weight_decay=0.1), ValueError, "weight_decay is AdamW's"),
+    (dict(learning_rate=float("inf")), ValueError, "learning_rate must be positive and finite"),
+    (dict(learning_rate="1e-3"), TypeError, "learning_rate must be a number"),
+    (dict(warmup=2.5), TypeError, "warmup must be an integer"),
+])
+def test_bad_training_configurations(options, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**options)
+
+
+def test_bad_batch_sources():
+    data = sum_task(10, 0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        ShuffledBatches(data, 0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        ShuffledBatches(data, 2, seed=-1)
+    with pytest.raises(ValueError, match="their lengths differ"):
+        ShuffledBatches({**data, "targets": data["targets"][:9]}, 2)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        evaluate_sequences(recurrax.SequenceModel("gru", 1, 4, 1, key=jax.random.key(0)), data,
+                           objective="per-step-mse", metric="mse", batch_size=0)

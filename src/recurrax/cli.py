@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,9 @@ def _train_parser(sub) -> None:
     g.add_argument("--layers", type=_positive(int), help=f"number of stacked layers {_defaults('layers')}")
     g.add_argument("--embed", type=_positive(int), help=f"embedding size (token inputs) {_defaults('embed')}")
     g.add_argument("--bidirectional", action="store_true", help="deep bidirectional layers (tasks only)")
-    g.add_argument("--dropout", type=float, help=f"dropout between layers and on embeddings/outputs {_defaults('dropout')}")
+    g.add_argument("--dropout", type=float,
+                   help="dropout on the embeddings, between layers and on the top layer's outputs (not on raw "
+                   f"input vectors) {_defaults('dropout')}")
     g.add_argument("--tie-weights", action="store_true", help="language model: output matrix = embedding")
     g.add_argument("--scan", choices=("auto", "sequential", "associative", "chunked"), default="auto",
                    help="how the recurrence runs over a sequence")
@@ -191,6 +194,8 @@ def _options(args: argparse.Namespace) -> dict:
                              f"{task_options['length']}); give one")
         task_options["length"] = args.length
     options["task_options"] = task_options
+    if options.get("data") is not None:  # so that eval, generate and --resume find it from any directory
+        options["data"] = os.path.abspath(options["data"])
     if args.task == "text":
         if task_options:
             raise UsageError("--length and --option apply to synthetic tasks; text uses --chunk for its window")
@@ -293,13 +298,13 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from .data.corpus import read_text
     from .lm.batches import text_scores, token_nll
+    from .lm.text import tokenize
 
     model, vocab, config = _load_run(args.run_dir)
-    ids = vocab.encode(read_text(args.data))
+    text = read_text(args.data)
+    ids = vocab.encode(text)
     if len(ids) < 2:
         raise UsageError(f"{args.data} has fewer than two tokens")
     unit = "character" if vocab.level == "char" else "word"
@@ -309,7 +314,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"{label}{scores['bits_per_token']:.4f} bits/{unit}, perplexity {scores['perplexity']:.3f}")
 
     nll = token_nll(model, ids)
-    unknown = int(np.sum(ids == vocab.unk_id)) if vocab.unk_id is not None else 0
+    unknown = sum(token not in vocab for token in tokenize(text, vocab.level)) if vocab.unk is not None else 0
     note = f" ({unknown:,} not in the vocabulary, scored as {vocab.unk})" if unknown else ""
     report(f"{args.data}: {len(ids):,} {unit}s{note}, ", nll)
     if args.dynamic_lr:

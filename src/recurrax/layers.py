@@ -173,13 +173,18 @@ class Stack(eqx.Module):
         layers = tuple(layers)
         if not layers:
             raise ValueError("a Stack needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Recurrent, Bidirectional)):
+                hint = f" (wrap a cell: Recurrent({type(layer).__name__}(...)))" if isinstance(layer, Cell) else ""
+                raise TypeError(f"a Stack's layers are Recurrent or Bidirectional layers; layer {i} is a "
+                                f"{type(layer).__name__}{hint}")
         for i, (below, above) in enumerate(zip(layers, layers[1:])):
             if below.output_size != above.input_size:
                 raise ValueError(
                     f"layer {i + 1} expects input_size={above.input_size} but layer {i} outputs {below.output_size}"
                 )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.layers = layers
         self.dropout = float(dropout)
 
@@ -260,6 +265,10 @@ def make_stack(
     (5, 64)
     """
     cls = get_cell_class(cell) if isinstance(cell, str) else cell
+    if not (isinstance(cls, type) and issubclass(cls, Cell)):
+        got = f"a {type(cell).__name__} instance" if isinstance(cell, Cell) else repr(cell)
+        raise TypeError(f"make_stack builds its cells from a name or a Cell class, got {got}; to stack cells "
+                        "you built, pass Stack([Recurrent(cell), ...])")
     num_layers = _checks.positive_int("num_layers", num_layers)
     _checks.choice("merge", merge, MERGES)
     keys = jax.random.split(key, num_layers * 2)
@@ -308,25 +317,42 @@ class Head(eqx.Module):
         self.activation = activation
 
     def _features(self, hs, xs):
+        in_features = self.weight.shape[1] - self.input_size
+        if hs.ndim != 2 or hs.shape[1] != in_features:
+            raise ValueError(f"this head reads hs of shape (T, {in_features}), got shape {tuple(hs.shape)}")
         if self.input_size == 0:
             return hs
-        if xs is None:
-            raise ValueError(f"this head reads the inputs too: pass xs of shape (T, {self.input_size})")
+        if xs is None or xs.shape != (hs.shape[0], self.input_size):
+            got = "none" if xs is None else f"shape {tuple(xs.shape)}"
+            raise ValueError(f"this head reads the inputs too: pass xs of shape ({hs.shape[0]}, {self.input_size}), got {got}")
         return jnp.concatenate([hs, xs], -1)
 
     def __call__(self, hs, xs=None):
         zs = self._features(hs, xs) @ self.weight.T + self.bias
         return get_activation(self.activation)(zs)
 
-    def last(self, hs, xs=None, mask=None):
+    def last(self, hs, xs=None, mask=None, *, backward_size: int = 0):
         """g applied at the last valid step only (sequence classification): shape (out_features,).
 
-        A sequence with no valid step at all (every step masked) reads the last step, whose output
-        the scan zeroed: the result is g of zeros (the bias), not an error, so that a padded batch
-        under ``jax.vmap`` or ``jax.jit`` may hold empty rows; leave them out of the loss."""
-        index = last_valid_index(hs.shape[0], mask)
+        ``backward_size``: the last ``backward_size`` features of ``hs`` are a backward direction's
+        outputs ([→h_t; ←h_t] of a :class:`Bidirectional` layer), which have read the whole
+        sequence at the *first* valid step, so they are read there (as torch's final states of a
+        bidirectional RNN): g([→h_last; ←h_first], x_last).
+
+        A sequence with no valid step at all (every step masked) reads the last step (and the first),
+        whose outputs the scan zeroed: the result is g(0, x_T), the bias for a head that reads no
+        input, not an error, so that a padded batch under ``jax.vmap`` or ``jax.jit`` may hold empty
+        rows; leave them out of the loss."""
+        length, width = hs.shape
+        if not 0 <= backward_size <= width:
+            raise ValueError(f"backward_size must be in [0, {width}] (the features of hs), got {backward_size}")
+        index = last_valid_index(length, mask)
+        h_last = hs[index]
+        if backward_size:
+            first = first_valid_index(length, mask)
+            h_last = jnp.concatenate([h_last[: width - backward_size], hs[first, width - backward_size :]])
         xs_last = None if xs is None else xs[index][None]
-        return self(hs[index][None], xs_last)[0]
+        return self(h_last[None], xs_last)[0]
 
 
 def last_valid_index(length: int, mask: jax.Array | None) -> jax.Array:
@@ -336,3 +362,10 @@ def last_valid_index(length: int, mask: jax.Array | None) -> jax.Array:
         return jnp.asarray(length - 1)
     mask = _checks.step_flags("mask", mask, length)
     return length - 1 - jnp.argmax(jnp.flip(mask))
+
+
+def first_valid_index(length: int, mask: jax.Array | None) -> jax.Array:
+    """Index of the first step where ``mask`` is true (0 without a mask, or when no step is)."""
+    if mask is None:
+        return jnp.asarray(0)
+    return jnp.argmax(_checks.step_flags("mask", mask, length))

@@ -6,7 +6,9 @@ r"""Sequence models: encoder → recurrent stack → head g.
 
 The encoder is an embedding for token ids, or the identity (or a linear map when
 ``embed_size`` is given) for vectors. ``readout="every"`` gives one output per step (T, O);
-``readout="last"`` gives the output at the last valid step (O,), for sequence classification.
+``readout="last"`` gives the output at the last valid step (O,), for sequence classification;
+a bidirectional top layer is read where each direction has seen the whole sequence: the forward
+direction at the last valid step, the backward one at the first, g([→h_last; ←h_first]).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
-from .layers import Head, ScanChoice, Stack, make_stack
+from .layers import Bidirectional, Head, ScanChoice, Stack, dropout as apply_dropout, make_stack
 
 INPUT_KINDS = ("vectors", "tokens")
 READOUTS = ("every", "last")
@@ -29,7 +31,9 @@ class SequenceModel(eqx.Module):
 
     ``model(inputs, state=None, *, starts=None, mask=None, reset_state=None, key=None, return_state=False)`` with
     ``inputs`` (T, input_size) floats or (T,) token ids. ``key`` enables dropout (training);
-    without it the model is deterministic.
+    without it the model is deterministic. Dropout (rate ``dropout``, a fresh mask per entry and
+    step) acts on the encoded inputs e_t (embeddings, or the ``embed_size`` map of vectors; raw
+    input vectors are not dropped), between recurrent layers and on the top layer's outputs.
 
     >>> import jax, recurrax
     >>> model = recurrax.SequenceModel("gru", input_size=2, hidden_size=16, output_size=1,
@@ -45,6 +49,7 @@ class SequenceModel(eqx.Module):
     input_kind: str = eqx.field(static=True)
     readout: str = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -70,7 +75,7 @@ class SequenceModel(eqx.Module):
         self.input_size = _checks.positive_int("input_size", input_size)
         k_enc, k_stack, k_head = jax.random.split(key, 3)
         if input_kind == "tokens":
-            embed_size = _checks.positive_int("embed_size", embed_size or hidden_size)
+            embed_size = _checks.positive_int("embed_size", hidden_size if embed_size is None else embed_size)
             self.embedding = jax.random.normal(k_enc, (input_size, embed_size)) * 0.1
             self.input_map = None
             features = embed_size
@@ -85,6 +90,7 @@ class SequenceModel(eqx.Module):
             cell, features, hidden_size, num_layers, bidirectional=bidirectional, dropout=dropout,
             scan=scan, chunk_size=chunk_size, key=k_stack, **cell_kwargs,
         )
+        self.dropout = self.stack.dropout
         self.head = Head(
             self.stack.output_size, output_size, input_size=features if head_reads_input else 0, key=k_head
         )
@@ -107,8 +113,18 @@ class SequenceModel(eqx.Module):
     def __call__(
         self, inputs, state=None, *, starts=None, mask=None, reset_state=None, key=None, return_state: bool = False
     ):
+        k_in, k_stack, k_out = (None, None, None) if key is None else jax.random.split(key, 3)
         es = self.encode(inputs)
-        hs, final = self.stack(es, state, starts=starts, mask=mask, reset_state=reset_state, key=key, return_state=True)
+        if self.embedding is not None or self.input_map is not None:
+            es = apply_dropout(es, self.dropout, k_in)
+        hs, final = self.stack(es, state, starts=starts, mask=mask, reset_state=reset_state, key=k_stack,
+                               return_state=True)
+        hs = apply_dropout(hs, self.dropout, k_out)
         reads = es if self.head.input_size else None
-        ys = self.head.last(hs, reads, mask) if self.readout == "last" else self.head(hs, reads)
+        if self.readout == "last":
+            top = self.stack.layers[-1]
+            backward = top.backward.output_size if isinstance(top, Bidirectional) and top.merge == "concat" else 0
+            ys = self.head.last(hs, reads, mask, backward_size=backward)
+        else:
+            ys = self.head(hs, reads)
         return (ys, final) if return_state else ys

@@ -103,6 +103,11 @@ def split_text(
     too_small = [(s, len(p)) for s, p in zip(names, parts) if len(p) < MIN_SPLIT_CHARS]
     if too_small:
         detail = ", ".join(f"{s} would get {k} characters" for s, k in too_small)
+        if n >= 3 * MIN_SPLIT_CHARS:  # enough text, too few places to cut it
+            raise CorpusError(
+                f"corpus {name!r} has {n} characters but only {len(boundaries) - 1} line(s): the splits are cut at "
+                f"line boundaries ({detail}); break the text into more lines"
+            )
         raise CorpusError(
             f"corpus {name!r} ({n} characters, {len(boundaries) - 1} lines) is too small to split "
             f"{split} at line boundaries: {detail}; each split needs at least {MIN_SPLIT_CHARS}"

@@ -20,10 +20,14 @@ from .. import _checks
 
 def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> jax.Array:
-    """Logits after temperature scaling and top-k / top-p truncation (removed tokens get -inf)."""
+    """Logits after temperature scaling and top-k / top-p truncation (removed tokens get -inf),
+    shifted so that the largest is 0 (the same distribution): (z − max z) / τ, the largest kept
+    at exactly 0, so that a tiny τ (even one float32 flushes to 0) samples the most probable token
+    instead of overflowing."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logits = logits / temperature
+    shifted = logits - jnp.max(logits)
+    logits = jnp.where(shifted == 0, 0.0, shifted / temperature)
     if top_k is not None:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")

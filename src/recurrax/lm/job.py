@@ -96,7 +96,8 @@ def train_language_model(options: dict, run_dir: Path, *, resume: bool = False, 
     out(f"corpus {data.corpus.name}: {', '.join(f'{k} {len(v):,}' for k, v in data.ids.items())} {unit}s, "
         f"vocabulary {len(data.vocab)}")
     prompt = options["prompt"] if options["prompt"] is not None else default_prompt(data.vocab, data.corpus.valid)
-    data.vocab.encode(prompt, eos=False)  # an unknown character in the prompt fails now, not after training
+    if len(data.vocab.encode(prompt, eos=False)) == 0:  # an unknown character or no token fails now, not after training
+        raise ValueError("the prompt is empty: give at least one character or word (--prompt)")
 
     config = train_config(options)
     model = build_model(options, len(data.vocab))

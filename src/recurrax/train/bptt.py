@@ -17,7 +17,8 @@ and optionally ``loss_mask`` (B, T) (steps that are scored; defaults to ``mask``
 * **truncated** (chunk k): the sequences are cut into chunks of k steps; each chunk is one update,
   starting from the state the previous chunk ended in, without gradient through that state
   (``stop_gradient``); episode starts inside a chunk reset to the initial state. For last-step
-  objectives only the final chunk is scored: earlier chunks just advance the state.
+  objectives only the final chunk is scored: earlier chunks just advance the state (padded
+  sequences are first right-aligned, so that the final chunk holds each one's last steps).
 * **curriculum** (the first text's schedule): train on the prefixes of length 1, 2, …, N (every
   ``stride``-th length, N always included). Prefix k is the same batch with the steps t ≥ k masked
   out (inputs too: a bidirectional model does not read them), so every stage shares one compiled
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from .. import _checks
+from ..layers import last_valid_index
 from .losses import is_last_step, sequence_loss
 
 STRATEGIES = ("full", "truncated", "curriculum")
@@ -75,6 +77,10 @@ class BPTT:
         if self.kind != "truncated" or last_step:
             return 1
         return -(-length // self.chunk)
+
+
+PER_STEP = frozenset({"inputs", "mask", "loss_mask", "starts"})
+"""The batch arrays with a time axis (besides per-step targets)."""
 
 
 def batched_initial_state(model, batch_size: int):
@@ -131,6 +137,8 @@ def make_update(static, optimizer: optax.GradientTransformation, objective: str,
     def truncated(params, opt_state, carry, batch, key, stage):
         del stage
         model = eqx.combine(params, static)
+        if last_step:
+            batch = _right_aligned(batch)
         chunks = _split_in_chunks(batch, bptt.chunk, per_step_targets=not last_step)
         num_chunks = chunks["mask"].shape[0]
         if carry is None:
@@ -161,6 +169,18 @@ def make_update(static, optimizer: optax.GradientTransformation, objective: str,
     return jax.jit({"full": full, "curriculum": curriculum, "truncated": truncated}[bptt.kind])
 
 
+def _right_aligned(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Each row's steps rolled right so that its last valid step is the batch's last step: its
+    padding then comes first, where masked steps keep the initial state (the same outputs), and the
+    final chunk of truncated BPTT holds every sequence's last steps (else a short sequence would be
+    read from a chunk of padding: the head's bias, and no gradient)."""
+    mask = batch["mask"]
+    length = mask.shape[1]
+    shift = length - 1 - jax.vmap(lambda m: last_valid_index(length, m))(mask)
+    roll = jax.vmap(lambda a, k: jnp.roll(a, k, axis=0))
+    return {name: roll(a, shift) if name in PER_STEP else a for name, a in batch.items()}
+
+
 def _split_in_chunks(batch: Mapping[str, Any], chunk: int, *, per_step_targets: bool) -> dict[str, jax.Array]:
     """(B, T, ...) arrays → (num_chunks, B, chunk, ...); the last chunk is padded with masked steps.
 
@@ -169,7 +189,7 @@ def _split_in_chunks(batch: Mapping[str, Any], chunk: int, *, per_step_targets: 
     length = batch["mask"].shape[1]
     num_chunks = -(-length // chunk)
     pad = num_chunks * chunk - length
-    per_step = {"inputs", "mask", "loss_mask", "starts"} | ({"targets"} if per_step_targets else set())
+    per_step = PER_STEP | ({"targets"} if per_step_targets else set())
     out = {}
     for name, a in batch.items():
         if name in per_step:

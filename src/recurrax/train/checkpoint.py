@@ -135,10 +135,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
     """Load a checkpoint into a pytree shaped like ``like``; returns ``(tree, metadata)``."""
     header, payload = _read(path)
+    stream = io.BytesIO(payload)
     try:
-        tree = eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
+        tree = eqx.tree_deserialise_leaves(stream, like)
     except Exception as error:  # shape/dtype mismatch: a checkpoint of another model
         raise CheckpointError(f"checkpoint {path} does not match this model: {error}") from error
+    if stream.tell() != len(payload):  # the model's leaves are a prefix of the file's: another, larger model
+        raise CheckpointError(f"checkpoint {path} does not match this model: it holds more parameters "
+                              f"({len(payload) - stream.tell()} bytes left over)")
     return tree, header["metadata"]
 
 

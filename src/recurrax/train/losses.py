@@ -3,6 +3,8 @@ the last step only.
 
 All functions take **one** sequence (batches via ``jax.vmap``) and a ``weights`` array (T,) that
 says which steps count (the padding mask, or a loss mask); ``None`` means every step counts.
+The targets of steps that do not count never enter the arithmetic, so they may hold anything (NaN
+for a missing value, −100 for an ignored label): the loss and its gradient stay finite.
 
 * per-step squared error  :math:`L = \sum_t w_t \lVert \hat y_t - y_t \rVert^2`
 * per-step cross-entropy  :math:`L = -\sum_t w_t \log \mathrm{softmax}(z_t)_{y_t}`
@@ -22,6 +24,10 @@ from .. import _checks
 REDUCTIONS = ("sum", "mean")
 
 
+def _counted(weights: jax.Array) -> jax.Array:
+    return jnp.asarray(weights) != 0
+
+
 def _reduce(per_step: jax.Array, weights: jax.Array | None, reduce: str) -> jax.Array:
     _checks.choice("reduce", reduce, REDUCTIONS)
     if weights is None:
@@ -35,6 +41,8 @@ def per_step_squared_error(preds: jax.Array, targets: jax.Array, weights=None, *
     """Σ_t w_t ‖ŷ_t − y_t‖² for preds and targets of shape (T, O)."""
     if preds.shape != targets.shape:
         raise ValueError(f"predictions of shape {preds.shape} do not match targets of shape {targets.shape}")
+    if weights is not None:  # an uncounted step's target is the prediction itself: error 0, gradient 0
+        targets = jnp.where(_counted(weights)[:, None], targets, preds)
     return _reduce(jnp.sum((preds - targets) ** 2, axis=-1), weights, reduce)
 
 
@@ -42,7 +50,12 @@ def per_step_cross_entropy(logits: jax.Array, labels: jax.Array, weights=None, *
     """−Σ_t w_t log softmax(z_t)[y_t] for logits (T, V) and integer labels (T,)."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits of shape {logits.shape} do not match labels of shape {labels.shape}")
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    labels = labels.astype(jnp.int32)
+    if weights is not None:  # an uncounted step reads class 0, then scores 0
+        labels = jnp.where(_counted(weights), labels, 0)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+    if weights is not None:
+        nll = jnp.where(_counted(weights), nll, 0.0)
     return _reduce(nll, weights, reduce)
 
 

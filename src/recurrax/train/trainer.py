@@ -65,8 +65,18 @@ class TrainConfig:
         _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         _checks.choice("schedule", self.schedule, SCHEDULES)
         _checks.choice("reduce", self.reduce, REDUCTIONS)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "weight_decay", "clip"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay is AdamW's (optimizer='adamw'); optimizer {self.optimizer!r} would ignore it")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)):
+            raise TypeError(f"warmup must be an integer number of steps, got {self.warmup!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be positive (or None to turn clipping off), got {self.clip}")
         if self.warmup < 0 or self.warmup >= self.steps:
@@ -85,6 +95,8 @@ class TrainConfig:
 
 def make_optimizer(config: TrainConfig, updates_per_step: int = 1) -> optax.GradientTransformation:
     """Global-norm clipping, then Adam/AdamW/SGD with a constant or cosine schedule and linear warmup.
+
+    AdamW's decoupled weight decay acts on every parameter, biases and embeddings included.
 
     The schedule runs over ``config.steps`` steps of ``updates_per_step`` optimiser updates each
     (truncated BPTT updates once per chunk: :meth:`~recurrax.train.bptt.BPTT.updates_per_step`).
@@ -124,13 +136,22 @@ class BatchSource(Protocol):
 
 
 class ShuffledBatches:
-    """Independent sequences (N, T, ...), reshuffled every epoch with a generator seeded by (seed, epoch)."""
+    """Independent sequences (N, T, ...), reshuffled every epoch with a generator seeded by (seed, epoch).
+
+    An epoch is N // batch_size whole batches: the N mod batch_size sequences left over by each
+    epoch's shuffle sit that epoch out (a different few each time)."""
 
     carries_state = False
 
     def __init__(self, data: Mapping[str, np.ndarray], batch_size: int, seed: int = 0):
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.data = {k: np.asarray(v) for k, v in data.items() if v is not None}
         self.size = len(self.data["inputs"])
+        sizes = {k: len(v) for k, v in self.data.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"the data's arrays must hold one entry per sequence; their lengths differ: {sizes}")
         if self.size < batch_size:
             raise ValueError(f"the training set has {self.size} sequences, fewer than one batch of {batch_size}")
         self.batch_size, self.seed = batch_size, seed
@@ -146,6 +167,7 @@ def evaluate_sequences(model, data: Mapping[str, np.ndarray], *, objective: str,
                        batch_size: int = 256) -> dict[str, float]:
     """Mean loss and ``metric`` (``"mse"`` per scored step and feature, or ``"accuracy"``) over a data set."""
     _checks.choice("metric", metric, METRICS)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     last = is_last_step(objective)
 
@@ -153,16 +175,17 @@ def evaluate_sequences(model, data: Mapping[str, np.ndarray], *, objective: str,
     def stats(params, batch):
         m = eqx.combine(params, static)
         loss, _ = batch_loss(params, static, batch, objective=objective, reduce=reduce)
-        outputs = jax.vmap(lambda x, mk: m(x, mask=mk))(batch["inputs"], batch["mask"])
+        outputs = jax.vmap(lambda x, mk, st: m(x, mask=mk, starts=st))(batch["inputs"], batch["mask"],
+                                                                         batch.get("starts"))
         targets = batch["targets"]
-        weights = None if last else batch.get("loss_mask", batch["mask"]).astype(jnp.float32)
+        weights = None if last else batch.get("loss_mask", batch["mask"])
         if metric == "accuracy":
             hits = (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)
         else:
             hits = jnp.mean((outputs - targets) ** 2, axis=-1)
         if weights is None:
             return loss * len(targets), jnp.sum(hits), jnp.asarray(hits.size, jnp.float32)
-        return loss * len(targets), jnp.sum(hits * weights), jnp.sum(weights)
+        return loss * len(targets), jnp.sum(jnp.where(weights, hits, 0.0)), jnp.sum(weights.astype(jnp.float32))
 
     data = {k: np.asarray(v) for k, v in data.items() if v is not None}
     n = len(data["inputs"])
@@ -214,7 +237,9 @@ def fit(
     """Train ``model`` on batches from ``source`` under ``objective`` (see :mod:`recurrax.train.losses`).
 
     ``evaluate(model) -> {"valid_loss": ..., ...}`` runs every ``config.eval_every`` steps and at
-    the end; early stopping and the best model follow ``valid_loss``. With ``run_dir`` the run is
+    the end; early stopping and the best model follow ``valid_loss`` (without ``evaluate`` the best
+    model is the final one). A loss that is not finite, in training or validation, raises
+    :class:`FloatingPointError`. With ``run_dir`` the run is
     logged and checkpointed there (``run_config`` is written as ``config.json`` beside the training
     configuration); ``resume=True`` continues from the checkpoint in ``run_dir``.
     """
@@ -274,9 +299,14 @@ def fit(
         an interrupt before then saves the old one with the evaluation still due, and the resumed
         run repeats it."""
         nonlocal best_loss, best_step, bad_evals, best_params, pending, evaluation_due
-        new_best = (best_loss, best_step, bad_evals, best_params)
+        new_best = (best_loss, best_step, bad_evals, params)  # without evaluations the best model is the latest
         if evaluate is not None:
             result = evaluate(eqx.combine(params, static))
+            if not math.isfinite(result["valid_loss"]):
+                raise FloatingPointError(
+                    f"the validation loss became {result['valid_loss']} at step {step}; lower the learning rate or "
+                    "clip gradients"
+                )
             pending.append({"step": step, **result})
             history.append(pending[-1])
             bar.message(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in result.items()))
