@@ -22,8 +22,8 @@ step's peak (an unbounded LSTM step at T = 20,000, B = 8: 3.2 GiB after three ca
 only adds contention between threads (``recurrax compare``: 26.4 s against 19.8 s). The
 ``recurrax`` command does this for its language-model job (:func:`recurrax.cli.keeps_freed_memory`);
 a program of one's own calls it before its first JAX computation (a thread that has already
-allocated keeps its arena; called later, it warns and changes nothing). The same settings from the environment, for any process
-(torch's included)::
+allocated keeps its arena; called later, it warns and changes nothing). The same settings from
+the environment, for any process (torch's included)::
 
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 python train.py
 """

@@ -11,6 +11,7 @@ A layer maps **one** sequence of shape (T, features); batches come from ``jax.vm
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Literal, Sequence
 
 import equinox as eqx
@@ -183,7 +184,7 @@ class Stack(eqx.Module):
                 raise ValueError(
                     f"layer {i + 1} expects input_size={above.input_size} but layer {i} outputs {below.output_size}"
                 )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.layers = layers
         self.dropout = float(dropout)
@@ -324,7 +325,9 @@ class Head(eqx.Module):
             return hs
         if xs is None or xs.shape != (hs.shape[0], self.input_size):
             got = "none" if xs is None else f"shape {tuple(xs.shape)}"
-            raise ValueError(f"this head reads the inputs too: pass xs of shape ({hs.shape[0]}, {self.input_size}), got {got}")
+            raise ValueError(
+                f"this head reads the inputs too: pass xs of shape ({hs.shape[0]}, {self.input_size}), got {got}"
+            )
         return jnp.concatenate([hs, xs], -1)
 
     def __call__(self, hs, xs=None):

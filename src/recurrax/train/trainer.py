@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -67,14 +68,16 @@ class TrainConfig:
         _checks.choice("reduce", self.reduce, REDUCTIONS)
         for name in ("learning_rate", "weight_decay", "clip"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
         if not 0 < self.learning_rate < math.inf:
             raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         if self.weight_decay and self.optimizer != "adamw":
-            raise ValueError(f"weight_decay is AdamW's (optimizer='adamw'); optimizer {self.optimizer!r} would ignore it")
+            raise ValueError(
+                f"weight_decay is AdamW's (optimizer='adamw'); optimizer {self.optimizer!r} would ignore it"
+            )
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)):
             raise TypeError(f"warmup must be an integer number of steps, got {self.warmup!r}")
         if self.clip is not None and not self.clip > 0:
