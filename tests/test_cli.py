@@ -178,6 +178,21 @@ def test_a_run_reads_its_corpus_from_any_directory_and_refuses_an_empty_prompt_b
     assert "bits/word" in capsys.readouterr().out
 
 
+def test_gradients_refuses_a_repeated_cell_a_file_for_out_and_a_non_integer_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for args, message in [
+        (["--cells", "gru,gru"], "a cell is listed twice: gru, gru"),
+        (["--out", str(tmp_path / "afile")], "is a file, not a directory"),
+    ]:
+        assert main(["gradients", "--length", "3", "--seeds", "1", "--batch", "1", "--hidden", "2",
+                     "--out", str(tmp_path / "g")] + args) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error
+        main(["gradients", "--length", "nan", "--out", str(tmp_path / "g")])
+    assert exit_info.value.code == 2 and "argument --length: must be an integer, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_diverging_run_is_one_message_and_a_run_without_checkpoint_resumes_from_the_start(tmp_path, capsys):
     run = tmp_path / "diverged"
     args = ["train", "--task", "adding", "--length", "8", "--hidden", "4", "--steps", "6", "--eval-every", "3",

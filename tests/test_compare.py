@@ -68,8 +68,9 @@ def test_compare_translation_and_digits(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--tasks", "adding,weather"], "unknown task(s) weather"),
-        (["--cells", "gru,transformer"], "unknown cell(s) transformer"),
+        (["--tasks", "adding,weather"], "unknown task 'weather'; choose from"),
+        (["--cells", "gru,transformer"], "unknown cell 'transformer'; choose from"),
+        (["--cells", "gru,gru"], "a cell is listed twice: gru, gru"),
         (["--tasks", "adding", "--steps", "3"], "too small to train"),
         (["--tasks", "digits-rows", "--batch", "5000"], "fewer than one batch"),
         (["--tasks", "adding", "--option", "adding.colour=3"], "has no option 'colour'"),

@@ -141,3 +141,15 @@ def test_token_ids_out_of_the_vocabulary():
         token_nll(lm, np.array([1.0, 2.0, 3.0], np.float32))
     with pytest.raises(ValueError, match=r"one text of token ids \(T,\), got shape \(2, 3\)"):
         token_nll(lm, np.ones((2, 3), int))
+
+
+def test_unroll_and_mode_must_be_what_they_say():
+    cell = recurrax.LinearRecurrence(X, H, key=KEY)
+    xs = jnp.ones((4, X))
+    for mode in ("sequential", "associative", "chunked"):
+        with pytest.raises(ValueError, match="unroll must be a positive integer, got -1"):
+            recurrax.scan(cell, xs, mode=mode, unroll=-1)
+        with pytest.raises(TypeError, match="unroll must be a positive integer, got 2.0"):
+            recurrax.scan(cell, xs, mode=mode, unroll=2.0)
+    with pytest.raises(ValueError, match="unknown scan"):
+        recurrax.Recurrent(cell, scan=np.array("associative"))

@@ -6,7 +6,7 @@ Every check runs in Python on static shapes and dtypes, so a bad argument raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +37,25 @@ def token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> jax.Arra
     return tokens
 
 
+def names(kind: str, given: Sequence[str], valid: Sequence[str]) -> list[str]:
+    """``given`` stripped of blanks, or a clear error: none given, an unknown name, or a name twice."""
+    given = [n.strip() for n in given if n.strip()]
+    if not given:
+        raise ValueError(f"no {kind}s given; choose from: {', '.join(valid)}")
+    unknown = [n for n in given if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"choose from: {', '.join(valid)}")
+    if len(set(given)) != len(given):
+        raise ValueError(f"a {kind} is listed twice: {', '.join(given)}")
+    return given
+
+
 def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise naming the valid choices."""
-    if value not in choices:
+    """Return ``value`` if it is one of ``choices`` (a string), else raise naming the valid choices."""
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(map(str, choices))}")
-    return value
+    return str(value)
 
 
 def sequence(xs: Any, input_size: int, what: str = "xs") -> jax.Array:

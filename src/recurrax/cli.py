@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import _checks
 from .cells import CELLS
 from .data.tasks import TASKS
 
@@ -57,10 +58,17 @@ def _parse_option(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), value
 
 
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}") from None
+
+
 def _positive(kind):
     """An argparse type: a positive (finite) number of ``kind``."""
     def parse(text: str):
-        value = kind(text)
+        value = _number(kind, text)
         if not 0 < value < math.inf:
             raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
         return value
@@ -71,7 +79,7 @@ def _positive(kind):
 def _non_negative(kind):
     """An argparse type: zero or a positive (finite) number of ``kind``."""
     def parse(text: str):
-        value = kind(text)
+        value = _number(kind, text)
         if not 0 <= value < math.inf:
             raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
         return value
@@ -357,10 +365,8 @@ def _cmd_ngram(args: argparse.Namespace) -> None:
 def _cmd_gradients(args: argparse.Namespace) -> None:
     from .diagnostics.gradient_flow import format_table, gradient_flow, write_report
 
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    unknown = [c for c in cells if c not in CELLS]
-    if unknown or not cells:
-        raise UsageError(f"unknown cell(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(CELLS)}")
+    cells = _checks.names("cell", args.cells.split(","), tuple(CELLS))
+    _output_directory(args.out)  # before the work, not after it
     curves = gradient_flow(cells, args.length, hidden_size=args.hidden, input_size=args.input,
                            seeds=tuple(range(args.seeds)), batch=args.batch)
     paths = write_report(curves, args.out)
@@ -371,14 +377,8 @@ def _cmd_gradients(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     from .compare import Budget, compare, format_forecasts, format_table, forecast_rows
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise UsageError(f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(TASKS)}")
-    unknown = [c for c in cells if c not in CELLS]
-    if unknown or not cells:
-        raise UsageError(f"unknown cell(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(CELLS)}")
+    tasks = _checks.names("task", args.tasks.split(","), tuple(TASKS))
+    cells = _checks.names("cell", args.cells.split(","), tuple(CELLS))
     options: dict[str, dict] = {}
     for task, key, value in args.option:
         options.setdefault(task, {})[key] = value
@@ -391,7 +391,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     if forecasts:
         print("\nforecasting, test split in original units (baselines beside the models):")
         print(format_forecasts(forecasts))
-    print(f"written: {args.out / 'comparison.csv'}, {args.out / 'comparison.png'}, {args.out / 'comparison.md'}")
+    print(f"written to {args.out}: " + ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in args.out.iterdir())))
+
+
+def _output_directory(path: Path) -> None:
+    """Create the output directory ``path``, or a clear error when that is not possible."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file, not a directory")
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=_positive(int), default=8, help="input size")
     p.add_argument("--seeds", type=_positive(int), default=5, help="initialisations averaged over")
     p.add_argument("--batch", type=_positive(int), default=16, help="random input sequences per seed")
-    p.add_argument("--out", type=Path, default=Path("runs/gradients"), help="directory for the CSV and PNG")
+    p.add_argument("--out", type=Path, default=Path("runs/gradients"), help="directory for gradient_flow.csv (column t = T - t, 0 the last step), .png and .txt")
     p.set_defaults(func=_cmd_gradients)
 
     from .compare import DEFAULT_CELLS, DEFAULT_TASKS, parse_task_option

@@ -33,6 +33,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from . import _checks
 from .cells import CELLS
 from .data.tasks import SPLITS, TASKS, SequenceData, Task, get_task
 from .models import SequenceModel
@@ -126,19 +127,6 @@ def parse_task_option(text: str) -> tuple[str, str, Any]:
     return task, key.replace("-", "_"), value
 
 
-def _check_names(kind: str, names: Sequence[str], valid: Sequence[str]) -> list[str]:
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise ValueError(f"no {kind}s given; choose from: {', '.join(valid)}")
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ValueError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"choose from: {', '.join(valid)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a {kind} is listed twice: {', '.join(names)}")
-    return names
-
-
 def _is_forecast(task: Task) -> bool:
     return hasattr(task, "forecast_report")
 
@@ -149,7 +137,7 @@ def _is_translation(task: Task) -> bool:
 
 def build_tasks(names: Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, Task]:
     """The tasks by name, built (and their data loaded) up front, so bad input fails before training."""
-    names = _check_names("task", names, tuple(TASKS))
+    names = _checks.names("task", names, tuple(TASKS))
     options = options or {}
     for name in options:
         if name not in names:
@@ -318,7 +306,7 @@ def compare(
     (:func:`write_report`) and a plot of the first seed's predictions per pair goes to
     ``out/predictions``. ``log`` receives one progress line per pair.
     """
-    cells = _check_names("cell", cells, tuple(CELLS))
+    cells = _checks.names("cell", cells, tuple(CELLS))
     built = build_tasks(tasks, task_options)
     check_budget(budget, built)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -368,7 +356,9 @@ def _aggregate(task: Task, cell: str, runs: list[Run]) -> Row:
 
 def _format_value(row: Row) -> str:
     text = f"{row.mean:.4g}"
-    return text + (f" ± {row.std:.2g}" if len(row.values) > 1 else "")
+    text += f" ± {row.std:.2g}" if len(row.values) > 1 else ""
+    beam = row.extra.get("beam exact match")
+    return text + (f" (beam {beam:.3g})" if beam is not None else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ One entry point, :func:`scan`, with three ways of running the same cell:
   to chunk by a sequential loop; each chunk is recomputed in the backward pass
   (``jax.checkpoint``), so memory stays bounded for very long sequences.
 
-``chunk_size`` with ``"sequential"`` cuts the loop the same way: the backward pass then stores
-only the states at chunk boundaries and recomputes each chunk (rematerialisation), so training
-memory grows like T / chunk_size + chunk_size instead of T (plus the inputs and outputs
-themselves). The chunks' inputs are sliced inside the rematerialised loop body and projected
+``chunk_size`` (below T) with ``"associative"`` runs it as ``"chunked"``; with ``"sequential"``
+it cuts the loop the same way: the backward pass then stores only the states at chunk boundaries
+and recomputes each chunk (rematerialisation), so training memory grows like
+T / chunk_size + chunk_size instead of T (plus the inputs and outputs themselves). The chunks' inputs are sliced inside the rematerialised loop body and projected
 there, so nothing of size T x (gates) is kept. By default (``chunk_size=None``) sequential scans
 of more than ``AUTO_CHUNK_LENGTH`` = 8192 steps are rematerialised in chunks of about 256 steps (a
 divisor of T near 256 when there is one, so that no shorter chunk is left over): at such lengths
@@ -31,8 +31,9 @@ Both accept
 * ``state``: the initial state h_0 (the cell's zeros by default); the final state comes back.
 * ``starts``: bool (T,). Where true, the state is reset to h_0 *before* that step, so several
   episodes packed into one row give exactly what separate runs from h_0 give. ``reset_state``
-  sets another reset target: truncated BPTT starts a chunk from the state carried over from the
-  previous chunk but resets to the model's initial state at episode starts.
+  sets another reset target (without ``starts`` it has nothing to do): truncated BPTT starts a
+  chunk from the state carried over from the previous chunk but resets to the model's initial
+  state at episode starts.
 * ``mask``: bool (T,). Where false (padding), the step leaves the state unchanged and its output
   is **zero**; ``starts`` is ignored at masked steps. The final state is the state after the last
   unmasked step.
@@ -125,7 +126,8 @@ def scan(
     Returns ``(ys, final_state)`` with ``ys`` of shape (T, cell.output_size). See the module
     docstring for ``starts``, ``mask``, ``reverse``, the modes and ``chunk_size`` (``"chunked"``
     uses 256 when it is not given; ``"sequential"`` chunks sequences longer than
-    ``AUTO_CHUNK_LENGTH`` steps). ``unroll`` is passed to ``jax.lax.scan`` in sequential mode.
+    ``AUTO_CHUNK_LENGTH`` steps). ``unroll`` (a positive integer) is passed to ``jax.lax.scan``
+    in sequential mode and has no effect in the others.
 
     ``fused`` (sequential mode): ``None`` (default) runs the classic cells on the fused path of
     :mod:`recurrax.fused` unless it is switched off with ``recurrax.fused.disabled()``; ``True``
@@ -140,6 +142,7 @@ def scan(
     True
     """
     check_mode(cell, mode)
+    unroll = _checks.positive_int("unroll", unroll)
     use_fused = _use_fused(cell, mode, fused)
     if chunk_size is not None:
         chunk_size = _checks.positive_int("chunk_size", chunk_size)

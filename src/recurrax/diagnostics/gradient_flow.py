@@ -35,7 +35,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import _checks
-from ..cells import Cell, get_cell_class
+from ..cells import CELLS, Cell, get_cell_class
 
 Component = Literal["state", "h"]
 COMPONENTS = ("state", "h")
@@ -185,6 +185,7 @@ def gradient_flow(
     measurable (to about 1e-308; where any sample's gradient falls below that, the mean is 0);
     one compiled function per cell type, vectorised over seeds and inputs.
     """
+    cell_names = _checks.names("cell", cell_names, tuple(CELLS))
     length = _checks.positive_int("length", length)
     _checks.positive_int("batch", batch)
     if not seeds:
