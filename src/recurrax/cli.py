@@ -62,7 +62,8 @@ def _number(kind, text: str):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text}") from None
 
 
 def _positive(kind):
@@ -391,7 +392,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     if forecasts:
         print("\nforecasting, test split in original units (baselines beside the models):")
         print(format_forecasts(forecasts))
-    print(f"written to {args.out}: " + ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in args.out.iterdir())))
+    written = sorted(p.name + ("/" if p.is_dir() else "") for p in args.out.iterdir())
+    print(f"written to {args.out}: " + ", ".join(written))
 
 
 def _output_directory(path: Path) -> None:
@@ -448,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=_positive(int), default=8, help="input size")
     p.add_argument("--seeds", type=_positive(int), default=5, help="initialisations averaged over")
     p.add_argument("--batch", type=_positive(int), default=16, help="random input sequences per seed")
-    p.add_argument("--out", type=Path, default=Path("runs/gradients"), help="directory for gradient_flow.csv (column t = T - t, 0 the last step), .png and .txt")
+    p.add_argument("--out", type=Path, default=Path("runs/gradients"),
+                   help="directory for gradient_flow.csv (column t = T - t, 0 the last step), .png and .txt")
     p.set_defaults(func=_cmd_gradients)
 
     from .compare import DEFAULT_CELLS, DEFAULT_TASKS, parse_task_option

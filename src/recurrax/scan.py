@@ -12,8 +12,9 @@ One entry point, :func:`scan`, with three ways of running the same cell:
 ``chunk_size`` (below T) with ``"associative"`` runs it as ``"chunked"``; with ``"sequential"``
 it cuts the loop the same way: the backward pass then stores only the states at chunk boundaries
 and recomputes each chunk (rematerialisation), so training memory grows like
-T / chunk_size + chunk_size instead of T (plus the inputs and outputs themselves). The chunks' inputs are sliced inside the rematerialised loop body and projected
-there, so nothing of size T x (gates) is kept. By default (``chunk_size=None``) sequential scans
+T / chunk_size + chunk_size instead of T (plus the inputs and outputs themselves). The chunks'
+inputs are sliced inside the rematerialised loop body and projected there, so nothing of size
+T x (gates) is kept. By default (``chunk_size=None``) sequential scans
 of more than ``AUTO_CHUNK_LENGTH`` = 8192 steps are rematerialised in chunks of about 256 steps (a
 divisor of T near 256 when there is one, so that no shorter chunk is left over): at such lengths
 this costs little time or none (a chunk's activations stay in cache) and keeps memory bounded;
