@@ -37,6 +37,13 @@ def token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> jax.Arra
     return tokens
 
 
+def seed(value: Any) -> int:
+    """Return ``value`` as an int, or raise if it is not a non-negative integer (a random seed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def names(kind: str, given: Sequence[str], valid: Sequence[str]) -> list[str]:
     """``given`` stripped of blanks, or a clear error: none given, an unknown name, or a name twice."""
     given = [n.strip() for n in given if n.strip()]

@@ -106,8 +106,7 @@ class DatasetTask(Task):
     def generate(self, split: str, n: int, seed: int) -> SequenceData:
         _checks.choice("split", split, SPLITS)
         n = _checks.positive_int("n", n)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _checks.seed(seed)
         data = self.splits(split)
         if n >= len(data):
             return data

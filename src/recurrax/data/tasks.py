@@ -110,8 +110,7 @@ class Task:
         """
         _checks.choice("split", split, SPLITS)
         n = _checks.positive_int("n", n)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _checks.seed(seed)
         return self.sampler(np.random.default_rng((int(seed), SPLITS.index(split))), n)
 
     def score(self, outputs: Any, data: SequenceData) -> float:

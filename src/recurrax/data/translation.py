@@ -158,8 +158,7 @@ class TranslationTask(Task):
         """``n`` examples of ``split``, drawn from the split's own numbers with ``default_rng((seed, split index))``."""
         _checks.choice("split", split, SPLITS)
         n = _checks.positive_int("n", n)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _checks.seed(seed)
         return self.split_sampler(split, np.random.default_rng((int(seed), SPLITS.index(split))), n)
 
     def source(self, data: SequenceData) -> np.ndarray:

@@ -50,9 +50,7 @@ class LanguageModel(eqx.Module):
         **cell_kwargs: Any,
     ):
         vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        embed_size = _checks.positive_int("embed_size", embed_size or hidden_size)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        embed_size = _checks.positive_int("embed_size", hidden_size if embed_size is None else embed_size)
         k_emb, k_stack, k_out = jax.random.split(key, 3)
         self.embedding = jax.random.uniform(k_emb, (vocab_size, embed_size), minval=-0.1, maxval=0.1)
         self.stack = make_stack(cell, embed_size, hidden_size, num_layers, dropout=dropout, scan=scan, key=k_stack,
@@ -66,7 +64,7 @@ class LanguageModel(eqx.Module):
             s = 1.0 / out_size**0.5
             self.output_weight = jax.random.uniform(k_out, (vocab_size, out_size), minval=-s, maxval=s)
         self.output_bias = jnp.zeros((vocab_size,))
-        self.dropout = float(dropout)
+        self.dropout = self.stack.dropout  # checked by the stack
 
     @property
     def vocab_size(self) -> int:

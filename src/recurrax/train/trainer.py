@@ -148,8 +148,7 @@ class ShuffledBatches:
 
     def __init__(self, data: Mapping[str, np.ndarray], batch_size: int, seed: int = 0):
         batch_size = _checks.positive_int("batch_size", batch_size)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _checks.seed(seed)
         self.data = {k: np.asarray(v) for k, v in data.items() if v is not None}
         self.size = len(self.data["inputs"])
         sizes = {k: len(v) for k, v in self.data.items()}
