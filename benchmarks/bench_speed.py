@@ -11,6 +11,8 @@ runs the same recurrence over a batch, forward only ("fwd", inference) and forwa
   out here; gradients by ``jax.value_and_grad``.
 * ``unfused``: recurrax's layer with the fused path switched off (``fused=False``: ``jax.vmap`` of
   the plain ``lax.scan`` of ``cell.step``), i.e. recurrax before :mod:`recurrax.fused`.
+* ``cudnn`` (LSTM on a GPU only, ``--device gpu``): ``jax.experimental.rnn.lstm``, JAX's binding of
+  cuDNN's LSTM, on (B, T, H) inputs with the same weights; gradients with respect to them.
 * ``ours``: ``jax.vmap(recurrax.Recurrent(cell))`` on (B, T, H) inputs, the library's default
   (on a CPU the sequential scan, fused for every cell but ``LinearRecurrence``, which has no
   product in its loop and runs the plain loop, as ``unfused`` does),
@@ -30,6 +32,10 @@ outputs are checked to agree before timing.
     python benchmarks/bench_speed.py --cells all --batch 32 --length 200 --hidden 128   # every classic cell
     python benchmarks/bench_speed.py --cells lstm --contenders ours,torch --threads 1     # one thread each
     python benchmarks/bench_speed.py --csv speed.csv         # also write the rows as CSV
+
+``--device gpu`` runs every contender on the GPU (torch on CUDA with cuDNN, JAX on its default backend,
+which must then be a GPU; JAX does not take most of the GPU's memory up front there, so that torch's
+process finds some). The default, ``cpu``, hides GPUs from every contender.
 
 ``--threads N`` runs every contender with N threads (torch/OpenMP told so; XLA's CPU client sized by
 CPU affinity, N = 1 also switching off its intra-op pool), useful for comparing the work done
@@ -51,7 +57,9 @@ import time
 
 ALL_CELLS = ["LinearRecurrence", "Elman", "ForgetElman", "MGU", "GRU", "LSTM"]
 TORCH_CELLS = {"Elman": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
-CONTENDERS = ["torch", "plain", "unfused", "ours"]
+CONTENDERS = ["torch", "plain", "unfused", "cudnn", "ours"]
+CPU_CONTENDERS = ["torch", "plain", "unfused", "ours"]  # cudnn runs on a GPU only
+RATIOS = ["torch", "plain", "unfused", "cudnn"]  # the table's columns ours/<contender>
 MODES = ["fwd", "train"]
 ALIASES = {"linear": "LinearRecurrence", "elman": "Elman", "forget-elman": "ForgetElman", "forgetelman": "ForgetElman",
            "mgu": "MGU", "gru": "GRU", "lstm": "LSTM"}
@@ -72,6 +80,17 @@ def limit_threads(threads: int | None) -> None:
     if threads == 1:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+
+def device_environment(device: str, jax_workers: int) -> dict[str, str]:
+    """The environment that puts every contender on ``device``: ``cpu`` hides GPUs from JAX and
+    torch; ``gpu`` gives each of the ``jax_workers`` JAX processes an equal share of 80% of the
+    GPU's memory, taken as needed (by default each would take 75% when it starts, and keep what
+    it took: in one run, with five processes on an 80 GB H100, the largest configuration ran out)."""
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+    share = 0.8 / max(1, jax_workers)
+    return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{share:.3f}"}
 
 
 def make_cell(name: str, hidden: int):
@@ -159,8 +178,26 @@ class JaxBench:
         import numpy as np
         import recurrax
 
+        if cfg["device"] == "gpu" and jax.default_backend() != "gpu":
+            raise RuntimeError(f"--device gpu, but JAX's default backend is {jax.default_backend()!r}")
         cell = make_cell(cfg["cell"], cfg["hidden"])
-        if contender == "plain":
+        if contender == "cudnn":
+            from jax.experimental import rnn
+
+            if cfg["cell"] != "LSTM" or cfg["device"] != "gpu":
+                raise ValueError("the cudnn contender runs LSTM on a GPU only")
+            h, b = cfg["hidden"], cfg["batch"]
+            # cuDNN's flat layout for one layer: W_ih, W_hh, b_ih, b_hh.
+            self.params = jnp.concatenate([cell.weight_ih.ravel(), cell.weight_hh.ravel(), cell.bias,
+                                           jnp.zeros_like(cell.bias)])
+            self.x = jnp.asarray(inputs(cfg, "btf"))
+            zeros, lengths = jnp.zeros((1, b, h)), jnp.full((b,), cfg["length"], jnp.int32)
+
+            def forward(w, x):
+                return rnn.lstm(x, zeros, zeros, w, lengths, h, h, 1, 0.0, False)[0]
+
+            self.time_major = lambda ys: np.swapaxes(ys, 0, 1)  # noqa: E731
+        elif contender == "plain":
             names = ("weight_ih", "weight_hh", "weight_fh", "bias", "bias_hn", "weight", "decay_logit")
             self.params = {n: jnp.asarray(getattr(cell, n)) for n in names if hasattr(cell, n)}
             self.x = jnp.asarray(inputs(cfg, "tbf"))
@@ -214,6 +251,11 @@ class TorchBench:
             self.module.bias_hh_l0.copy_(torch.from_numpy(hh))
         self.x = torch.from_numpy(inputs(cfg, "tbf"))
         self.torch = torch
+        self.gpu = cfg["device"] == "gpu"
+        if self.gpu:
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device gpu, but torch sees no CUDA device")
+            self.module, self.x = self.module.cuda(), self.x.cuda()
 
     def run(self, mode: str) -> None:
         if mode == "fwd":
@@ -224,12 +266,14 @@ class TorchBench:
                 p.grad = None
             out, _ = self.module(self.x)
             out.sum().backward()
+        if self.gpu:
+            self.torch.cuda.synchronize()
 
     def outputs(self):
         import numpy as np
 
         with self.torch.inference_mode():
-            return np.asarray(self.module(self.x)[0].numpy(), np.float64)
+            return np.asarray(self.module(self.x)[0].cpu().numpy(), np.float64)
 
 
 def _call_times(bench, mode: str, calls: int) -> list[float]:
@@ -276,6 +320,10 @@ def worker(contender: str, threads: int | None, scan: str) -> None:
                     import jax
 
                     jax.clear_caches()
+                elif cmd.get("device") == "gpu":
+                    import torch
+
+                    torch.cuda.empty_cache()  # give back what this configuration cached
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": f"unknown command {cmd['cmd']!r}"}
@@ -347,14 +395,15 @@ def malloc_environment(mode: str) -> dict[str, str]:
 
 def run_grid(args) -> list[dict]:
     contenders = [c for c in args.contenders if c != "torch" or torch_available()]
-    env = malloc_environment(args.malloc)
+    jax_workers = sum(c != "torch" for c in contenders)
+    env = dict(malloc_environment(args.malloc), **device_environment(args.device, jax_workers))
     workers = {c: Worker(c, args.threads, args.scan, env) for c in contenders}
     configs = list(itertools.product(args.cells, args.batch, args.length, args.hidden))
     rows, t0 = [], time.perf_counter()
     try:
         for k, (cell, batch, length, hidden) in enumerate(configs, 1):
-            cfg = {"cell": cell, "batch": batch, "length": length, "hidden": hidden}
-            here = [c for c in contenders if c != "torch" or cell in TORCH_CELLS]
+            cfg = {"cell": cell, "batch": batch, "length": length, "hidden": hidden, "device": args.device}
+            here = [c for c in contenders if (c != "torch" or cell in TORCH_CELLS) and (c != "cudnn" or cell == "LSTM")]
             label = f"[{k}/{len(configs)}] {cell} B={batch} T={length} H={hidden}"
             log(f"{label}: compiling and warming up {', '.join(here)}")
             ready, sums = [], {}
@@ -384,15 +433,16 @@ def run_grid(args) -> list[dict]:
                         else:
                             log(f"  {c} {mode}: {reply['error']}")
             for c in ready:
-                workers[c].ask(cmd="teardown")
+                workers[c].ask(cmd="teardown", device=args.device)
             for mode in MODES:
                 row = {"cell": cell, "batch": batch, "length": length, "hidden": hidden, "mode": mode,
-                       "threads": args.threads or "default", "load": round(os.getloadavg()[0], 2)}
+                       "device": args.device, "threads": args.threads or "default",
+                       "load": round(os.getloadavg()[0], 2)}
                 for c in CONTENDERS:
                     s = samples.get((c, mode), [])
                     row[f"{c}_ms"] = statistics.median(s) if s else math.nan
                     row[f"{c}_calls"] = len(s)
-                for c in ("torch", "plain", "unfused"):
+                for c in RATIOS:
                     row[f"ours/{c}"] = row["ours_ms"] / row[f"{c}_ms"]
                 rows.append(row)
             log(f"{label}: " + " | ".join(
@@ -423,13 +473,15 @@ def _fmt(v, ratio=False) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["cell", "B", "T", "H", "mode", "torch", "plain", "unfused", "ours",
-              "ours/torch", "ours/plain", "ours/unfused"]
+    """The rows as a text table; the cudnn columns only where that contender ran."""
+    shown = [c for c in CONTENDERS if c != "cudnn" or any(r["cudnn_calls"] for r in rows)]
+    ratios = [c for c in RATIOS if c in shown]
+    header = ["cell", "B", "T", "H", "mode"] + shown + [f"ours/{c}" for c in ratios]
     lines = [header]
     for r in rows:
         lines.append([r["cell"], str(r["batch"]), str(r["length"]), str(r["hidden"]), r["mode"]]
-                     + [_fmt(r[f"{c}_ms"]) for c in CONTENDERS]
-                     + [_fmt(r[f"ours/{c}"], True) for c in ("torch", "plain", "unfused")])
+                     + [_fmt(r[f"{c}_ms"]) for c in shown]
+                     + [_fmt(r[f"ours/{c}"], True) for c in ratios])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
@@ -454,7 +506,10 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=_list(int), default=[128, 512], help="hidden size = input size")
     p.add_argument("--repeats", type=int, default=5, help="measurements per contender and mode (default 5)")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement at least (default 0.3)")
-    p.add_argument("--contenders", type=_list(str), default=CONTENDERS, help=f"from {','.join(CONTENDERS)}")
+    p.add_argument("--contenders", type=_list(str), default=None,
+                   help=f"from {','.join(CONTENDERS)} (default: all that run on the device)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where every contender runs (default cpu; gpu: torch on CUDA, JAX on its GPU backend)")
     p.add_argument("--scan", default="auto", choices=["auto", "sequential"],
                    help="recurrax's scan mode (default: the layer's)")
     p.add_argument("--threads", type=int, default=None, help="threads per contender (default: each library's own)")
@@ -476,14 +531,18 @@ def main(argv=None) -> None:
         assert all(c in ALL_CELLS for c in args.cells)
     except AssertionError:
         p.error(f"unknown cell in {cells}; choose from {', '.join(ALIASES)} or all")
+    if args.contenders is None:
+        args.contenders = CONTENDERS if args.device == "gpu" else CPU_CONTENDERS
     bad = [c for c in args.contenders if c not in CONTENDERS]
     if bad:
         p.error(f"unknown contender(s) {bad}; choose from {', '.join(CONTENDERS)}")
+    if "cudnn" in args.contenders and args.device != "gpu":
+        p.error("the cudnn contender runs on a GPU only: add --device gpu")
     load = os.getloadavg()[0]
     rows = run_grid(args)
     print(table(rows))
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
-          f"threads: {args.threads or 'default'}; malloc: {args.malloc}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
+          f"device: {args.device}; threads: {args.threads or 'default'}; malloc: {args.malloc}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
           f"{os.cpu_count()} CPUs", flush=True)
     if args.csv and rows:
         log(f"wrote {args.csv}")
