@@ -252,3 +252,6 @@ def test_bad_batch_sources():
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         evaluate_sequences(recurrax.SequenceModel("gru", 1, 4, 1, key=jax.random.key(0)), data,
                            objective="per-step-mse", metric="mse", batch_size=0)
+    model = recurrax.SequenceModel("gru", 1, 4, 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="the source's batches have 2 sequences but config.batch_size is 32"):
+        fit(model, ShuffledBatches(data, 2), objective="per-step-mse", config=TrainConfig(steps=1), progress=False)

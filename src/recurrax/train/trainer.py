@@ -36,6 +36,9 @@ METRICS = ("mse", "accuracy")
 class TrainConfig:
     """How to train. ``steps`` counts updates; a truncated-BPTT batch is one step however many chunks it has.
 
+    ``batch_size`` is the number of sequences in a batch: the batch source makes the batches (the
+    jobs build theirs from it), and :func:`fit` refuses a source whose batches have another size,
+    so that the configuration a run records is the one it ran with.
     ``clip`` is the global-norm bound on the gradient (the remedy for exploding gradients; ``None``
     turns it off). ``patience`` stops training after that many evaluations without a better
     validation loss (``None``: never).
@@ -249,6 +252,11 @@ def fit(
         raise ValueError("resume=True needs the run_dir of the run to continue")
     first = source.batch(0, 0)
     batch_size, length = first["mask"].shape
+    if batch_size != config.batch_size:
+        raise ValueError(
+            f"the source's batches have {batch_size} sequences but config.batch_size is {config.batch_size}; "
+            "make them agree (the source makes the batches, the configuration records their size)"
+        )
     optimizer = make_optimizer(config, config.strategy.updates_per_step(length, is_last_step(objective)))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     update = make_update(static, optimizer, objective, config.reduce, config.strategy)
