@@ -34,8 +34,8 @@ outputs are checked to agree before timing.
     python benchmarks/bench_speed.py --csv speed.csv         # also write the rows as CSV
 
 ``--device gpu`` runs every contender on the GPU (torch on CUDA with cuDNN, JAX on its default backend,
-which must then be a GPU; JAX does not take most of the GPU's memory up front there, so that torch's
-process finds some). The default, ``cpu``, hides GPUs from every contender.
+which must then be a GPU; each JAX process takes the GPU's memory as it needs it, up to an equal
+share of 80% of it, so that every contender's process finds some). The default, ``cpu``, hides GPUs from every contender.
 
 ``--threads N`` runs every contender with N threads (torch/OpenMP told so; XLA's CPU client sized by
 CPU affinity, N = 1 also switching off its intra-op pool), useful for comparing the work done
