@@ -115,3 +115,33 @@ def test_default_prompt_is_one_the_vocabulary_has():
     assert default_prompt(words) in words and default_prompt(words) not in (words.unk, words.eos)
     chars = build_vocabulary("abc\n", "char")
     assert default_prompt(chars, "xbc") == "b" and default_prompt(build_vocabulary("The cat", "char")) == "The "
+
+
+def test_text_evaluations_share_one_compiled_window(monkeypatch):
+    """token_nll compiles its window once for a model structure: scoring again, with other weights
+    or another text, traces nothing anew (each evaluation of a training run had compiled it)."""
+    from recurrax.lm.batches import token_nll
+
+    traces = []
+    log_softmax = jax.nn.log_softmax
+    monkeypatch.setattr(jax.nn, "log_softmax", lambda *a, **k: traces.append(1) or log_softmax(*a, **k))
+    ids = np.random.default_rng(0).integers(0, V, 300)
+    first = token_nll(lm(), ids, window=64)
+    again = token_nll(LanguageModel("gru", V, 8, embed_size=8, key=jax.random.key(5)), ids[:150], window=64)
+    assert len(traces) == 1
+    assert first.shape == (299,) and again.shape == (149,)
+    assert np.all(np.isfinite(first)) and not np.allclose(first[:149], again)
+
+
+def test_generation_compiles_once_and_takes_array_options(monkeypatch):
+    """A second generate with the same model structure and options traces nothing new, and
+    sampling options given as arrays act as the numbers they hold."""
+    traces = []
+    categorical = jax.random.categorical
+    monkeypatch.setattr(jax.random, "categorical", lambda *a, **k: traces.append(1) or categorical(*a, **k))
+    generate(lm(), [1, 2], 3, temperature=0.5)
+    generate(LanguageModel("gru", V, 8, embed_size=8, key=jax.random.key(3)), [3, 4], 5, temperature=0.5, seed=1)
+    assert len(traces) == 1
+    as_numbers = generate(lm(), [3, 4], 5, temperature=0.5, top_k=V - 1, seed=1)
+    as_arrays = generate(lm(), [3, 4], 5, temperature=jnp.float32(0.5), top_k=np.int64(V - 1), seed=1)
+    assert as_arrays == as_numbers

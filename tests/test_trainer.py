@@ -255,3 +255,19 @@ def test_bad_batch_sources():
     model = recurrax.SequenceModel("gru", 1, 4, 1, key=jax.random.key(0))
     with pytest.raises(ValueError, match="the source's batches have 2 sequences but config.batch_size is 32"):
         fit(model, ShuffledBatches(data, 2), objective="per-step-mse", config=TrainConfig(steps=1), progress=False)
+
+
+def test_evaluations_of_a_training_run_share_one_compiled_function(monkeypatch):
+    """Evaluating a model again (new weights, same structure and shapes) reuses the compiled
+    evaluation: the loss is traced once, not at every evaluation."""
+    import recurrax.train.trainer as trainer_module
+
+    traces = []
+    batch_loss = trainer_module.batch_loss
+    monkeypatch.setattr(trainer_module, "batch_loss", lambda *a, **k: traces.append(1) or batch_loss(*a, **k))
+    data = sum_task(8, 3)
+    first = recurrax.SequenceModel("gru", 1, 5, 1, key=jax.random.key(0))
+    second = recurrax.SequenceModel("gru", 1, 5, 1, key=jax.random.key(1))
+    scores = [evaluate_sequences(m, data, objective="per-step-mse", metric="mse") for m in (first, second, first)]
+    assert len(traces) == 1
+    assert scores[0] == scores[2] != scores[1]

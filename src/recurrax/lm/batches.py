@@ -68,13 +68,6 @@ def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
     if len(ids) < 2:
         raise ValueError("evaluation needs a text of at least two tokens")
     ids = np.asarray(_checks.token_ids(ids, model.vocab_size), np.int32)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    @jax.jit
-    def run(params, state, inputs, targets, mask):
-        logits, state = eqx.combine(params, static)(inputs, state, mask=mask, return_state=True)
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=-1)[:, 0], state
-
     state = model.init_state()
     count = len(ids) - 1
     pieces = []
@@ -82,10 +75,18 @@ def token_nll(model, ids: np.ndarray, *, window: int = 1024) -> np.ndarray:
         inputs, targets = ids[lo : lo + window], ids[lo + 1 : lo + window + 1]
         n = len(targets)
         pad = window - n
-        nll, state = run(params, state, np.pad(inputs[:n], (0, pad)), np.pad(targets, (0, pad)),
-                         np.arange(window) < n)
+        nll, state = _window_nll(model, state, np.pad(inputs[:n], (0, pad)), np.pad(targets, (0, pad)),
+                                 np.arange(window) < n)
         pieces.append(np.asarray(nll)[:n])
     return np.concatenate(pieces).astype(np.float64)
+
+
+@eqx.filter_jit
+def _window_nll(model, state, inputs, targets, mask):
+    """One window's token NLLs and the state after it; compiled once per model structure and
+    window (module level, so that the evaluations of a training run share it)."""
+    logits, state = model(inputs, state, mask=mask, return_state=True)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=-1)[:, 0], state
 
 
 def text_scores(nll: np.ndarray) -> dict[str, float]:

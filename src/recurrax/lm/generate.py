@@ -64,26 +64,33 @@ def generate(model, prompt_ids: Sequence[int], length: int, *, temperature: floa
         raise ValueError("generation needs a prompt of at least one token")
     prompt_ids = np.asarray(_checks.token_ids(prompt_ids, model.vocab_size, "prompt token ids"), np.int32)
     check_sampling(length, temperature=temperature, top_k=top_k, top_p=top_p)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    @jax.jit
-    def prime(params, tokens):
-        logits, state = eqx.combine(params, static)(tokens, return_state=True)
-        return state, logits[-1]
-
-    @jax.jit
-    def sample(params, state, logits, key):
-        token = jax.random.categorical(key, filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p))
-        state, logits = eqx.combine(params, static).step(state, token)
-        return state, logits, token
-
-    state, logits = prime(params, jnp.asarray(prompt_ids))
+    # Python numbers: the compiled step takes the options as constants (an array would be traced).
+    temperature = float(temperature)
+    top_k, top_p = (None if top_k is None else int(top_k)), (None if top_p is None else float(top_p))
+    state, logits = _prime(model, jnp.asarray(prompt_ids))
     key = jax.random.key(seed)
     out = []
     for i in range(length):
-        state, logits, token = sample(params, state, logits, jax.random.fold_in(key, i))
+        state, logits, token = _sample_step(model, state, logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
         token = int(token)
         out.append(token)
         if on_token is not None:
             on_token(token)
     return out
+
+
+# Compiled once per model structure (and prompt length, sampling options), not at every call of
+# :func:`generate`.
+@eqx.filter_jit
+def _prime(model, tokens):
+    """The state after reading the prompt and the logits of the token that follows it."""
+    logits, state = model(tokens, return_state=True)
+    return state, logits[-1]
+
+
+@eqx.filter_jit
+def _sample_step(model, state, logits, key, temperature, top_k, top_p):
+    """Draw a token from ``logits`` as the options filter them, and step the model on it."""
+    token = jax.random.categorical(key, filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p))
+    state, logits = model.step(state, token)
+    return state, logits, token

@@ -71,19 +71,18 @@ def hidden_states(model, ids: np.ndarray, *, streams: int = 1, window: int = 512
     window = min(window, length)
     length = -(-length // window) * window
     inputs = np.pad(ids[:-1], (0, length * streams - count)).reshape(streams, length)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    @jax.jit
-    def run(params, state, tokens):
-        lm = eqx.combine(params, static)
-        return jax.vmap(lm.hidden)(tokens, state)
-
     state = jax.vmap(lambda _: model.init_state())(np.arange(streams))
     pieces = []
     for lo in range(0, length, window):
-        hs, state = run(params, state, inputs[:, lo : lo + window])
+        hs, state = _streams_hidden(model, state, inputs[:, lo : lo + window])
         pieces.append(np.asarray(hs, np.float32))
     return np.concatenate(pieces, axis=1).reshape(streams * length, -1)[:count]
+
+
+@eqx.filter_jit
+def _streams_hidden(model, state, tokens):
+    """The top hidden states of ``streams`` token windows side by side, and the states after them."""
+    return jax.vmap(model.hidden)(tokens, state)
 
 
 def build_memory(model, ids: np.ndarray, *, streams: int = 32) -> Memory:
