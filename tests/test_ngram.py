@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recurrax.lm.ngram import SMOOTHINGS, NGramModel, best_row, format_table, ngram_report
+from recurrax.lm.ngram import SMOOTHINGS, NGramModel, best_row, count_ngrams, format_table, ngram_report
 
 # ---------------------------------------------------------------------------
 # Reference: a second, straightforward implementation with dicts of tuples.
@@ -123,6 +123,9 @@ def test_matches_reference(order: int, smoothing: str) -> None:
         used = hist[max(0, len(hist) - order + 1) :] if order > 1 else ()
         expected = [ref.prob(smoothing, w, used) for w in range(vocab)]
         np.testing.assert_allclose(model.prob_next(list(hist)), expected, rtol=1e-10, atol=1e-15)
+    # built from counts made for a higher order (as the report builds every order from one counting)
+    shared = NGramModel.from_counts(count_ngrams(train, 6, vocab), order, smoothing, k=k)  # type: ignore[arg-type]
+    np.testing.assert_allclose(shared.log_prob(evaluation), expected_lp, rtol=1e-10)
 
 
 def test_kneser_ney_discounts_are_estimated() -> None:
@@ -330,6 +333,15 @@ def test_report_table_and_best_row() -> None:
         assert r["bits_per_token"] == pytest.approx(model.bits_per_token(held))
     with pytest.raises(ValueError, match="eval ids 'b' are empty"):
         ngram_report(data[:2500], {"a": data[2500:], "b": data[:0]}, 10, 2)
+
+
+def test_models_from_counts_check_their_order() -> None:
+    counts = count_ngrams([0, 1, 2, 1, 0], 2, 3)
+    assert counts.max_order == 2 and NGramModel.from_counts(counts, 2).order == 2
+    with pytest.raises(ValueError, match="order 3 needs counts up to order 3, these go up to 2"):
+        NGramModel.from_counts(counts, 3)
+    with pytest.raises(ValueError, match="smoothing must be one of"):
+        NGramModel.from_counts(counts, 1, "witten-bell")  # type: ignore[arg-type]
 
 
 def test_five_gram_on_a_million_tokens_is_fast() -> None:

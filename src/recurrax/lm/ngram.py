@@ -120,6 +120,71 @@ class _Level:
     discount: np.ndarray
 
 
+@dataclass(frozen=True)
+class NGramCounts:
+    """The m-gram counts of one training text, ``m = 1 .. max_order`` (:func:`count_ngrams`):
+    everything a model of any order up to ``max_order`` is built from.
+
+    Per order m (index m - 1): ``keys``, the sorted distinct keys ``rank(prefix) * V + last token``;
+    ``raw``, each m-gram's count; ``continuation``, for each m-gram g the number of distinct
+    (m+1)-grams ending in g, ``N1+(• g)`` (Kneser-Ney's lower orders; zeros at ``max_order``).
+    """
+
+    vocab_size: int
+    keys: list[np.ndarray]
+    raw: list[np.ndarray]
+    continuation: list[np.ndarray]
+
+    @property
+    def max_order(self) -> int:
+        return len(self.keys)
+
+
+def count_ngrams(ids: Sequence[int] | np.ndarray, max_order: int, vocab_size: int) -> NGramCounts:
+    """Count every m-gram of ``ids``, ``m = 1 .. max_order`` (one ``np.unique`` per order).
+
+    Raises ``ValueError`` for ``max_order < 1``, ``vocab_size < 1``, empty ``ids`` or ids outside
+    ``[0, vocab_size)``.
+    """
+    max_order = _positive_int(max_order, "order")
+    vocab_size = _positive_int(vocab_size, "vocab_size")
+    arr = _as_ids(ids, vocab_size, "training ids")
+    n = arr.size
+    if n == 0:
+        raise ValueError("training ids are empty")
+    if (n + 1) * vocab_size >= 2**63:
+        raise ValueError(f"{n} tokens x vocab_size {vocab_size} overflows int64 n-gram keys")
+    keys_by_order: list[np.ndarray] = []
+    raw_by_order: list[np.ndarray] = []
+    continuation: list[np.ndarray] = []
+    inv_prev = np.zeros(n + 1, dtype=np.int64)  # rank of the empty 0-gram at every position
+    for m in range(1, max_order + 1):
+        n_pos = n - m + 1
+        if n_pos <= 0:
+            keys = inv = counts = np.zeros(0, dtype=np.int64)
+        else:
+            pos_keys = inv_prev[:n_pos] * vocab_size + arr[m - 1 :]
+            keys, inv, counts = np.unique(pos_keys, return_inverse=True, return_counts=True)
+            inv = inv.reshape(-1)
+        if m > 1:
+            # N1+(• g) for each (m-1)-gram g: distinct m-grams whose suffix is g.
+            suffix = np.zeros(keys.size, dtype=np.int64)
+            suffix[inv] = inv_prev[1 : 1 + inv.size]
+            continuation.append(np.bincount(suffix, minlength=keys_by_order[-1].size))
+        keys_by_order.append(keys)
+        raw_by_order.append(counts)
+        inv_prev = inv
+    continuation.append(np.zeros(keys_by_order[-1].size, dtype=np.int64))
+    return NGramCounts(vocab_size, keys_by_order, raw_by_order, continuation)
+
+
+def _check_estimator(smoothing: str, k: float) -> None:
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
+    if smoothing == "add-k" and not (math.isfinite(k) and k > 0):
+        raise ValueError(f"add-k smoothing needs a finite k > 0, got {k!r}")
+
+
 class NGramModel:
     """An order-``N`` n-gram model over ids ``0 .. vocab_size-1``; build it with :meth:`fit`."""
 
@@ -147,48 +212,27 @@ class NGramModel:
         ``order < 1``, ``vocab_size < 1``, empty ``ids``, ids outside
         ``[0, vocab_size)``, an unknown smoothing or ``k <= 0``.
         """
+        _check_estimator(smoothing, k)
+        return cls.from_counts(count_ngrams(ids, order, vocab_size), order, smoothing, k)
+
+    @classmethod
+    def from_counts(cls, counts: NGramCounts, order: int, smoothing: Smoothing = "kneser-ney",
+                    k: float = 1.0) -> NGramModel:
+        """The order-``order`` model of the text that ``counts`` counted (``order`` at most
+        ``counts.max_order``): models of several orders and smoothings share one counting."""
         order = _positive_int(order, "order")
-        vocab_size = _positive_int(vocab_size, "vocab_size")
-        if smoothing not in SMOOTHINGS:
-            raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
-        if smoothing == "add-k" and not (math.isfinite(k) and k > 0):
-            raise ValueError(f"add-k smoothing needs a finite k > 0, got {k!r}")
-        arr = _as_ids(ids, vocab_size, "training ids")
-        n = arr.size
-        if n == 0:
-            raise ValueError("training ids are empty")
-        if (n + 1) * vocab_size >= 2**63:
-            raise ValueError(f"{n} tokens x vocab_size {vocab_size} overflows int64 n-gram keys")
-
-        keys_by_order: list[np.ndarray] = []
-        raw_by_order: list[np.ndarray] = []
-        cont_by_order: list[np.ndarray] = []
-        inv_prev = np.zeros(n + 1, dtype=np.int64)  # rank of the empty 0-gram at every position
-        for m in range(1, order + 1):
-            n_pos = n - m + 1
-            if n_pos <= 0:
-                keys = inv = counts = np.zeros(0, dtype=np.int64)
-            else:
-                pos_keys = inv_prev[:n_pos] * vocab_size + arr[m - 1 :]
-                keys, inv, counts = np.unique(pos_keys, return_inverse=True, return_counts=True)
-                inv = inv.reshape(-1)
-            if smoothing == "kneser-ney" and m > 1:
-                # N1+(• g) for each (m-1)-gram g: distinct m-grams whose suffix is g.
-                suffix = np.zeros(keys.size, dtype=np.int64)
-                suffix[inv] = inv_prev[1 : 1 + inv.size]
-                cont_by_order.append(np.bincount(suffix, minlength=keys_by_order[-1].size))
-            keys_by_order.append(keys)
-            raw_by_order.append(counts)
-            inv_prev = inv
-
+        if order > counts.max_order:
+            raise ValueError(f"order {order} needs counts up to order {order}, these go up to {counts.max_order}")
+        _check_estimator(smoothing, k)
+        vocab_size = counts.vocab_size
         levels = []
         for m in range(1, order + 1):
-            keys = keys_by_order[m - 1]
+            keys = counts.keys[m - 1]
             if smoothing == "kneser-ney" and m < order:
-                a = cont_by_order[m - 1]
+                a = counts.continuation[m - 1]
             else:
-                a = raw_by_order[m - 1]
-            n_ctx = 1 if m == 1 else keys_by_order[m - 2].size
+                a = counts.raw[m - 1]
+            n_ctx = 1 if m == 1 else counts.keys[m - 2].size
             ctx = keys // vocab_size
             total = np.bincount(ctx, weights=a, minlength=n_ctx)
             if smoothing == "kneser-ney":
@@ -340,7 +384,9 @@ def ngram_report(
     """Fit every order ``1 .. max_order`` with every smoothing and evaluate on ``eval_ids``.
 
     Returns one row per model: ``order``, ``smoothing``, ``perplexity``,
-    ``bits_per_token`` and ``seconds`` (wall time to fit and evaluate it).
+    ``bits_per_token`` and ``seconds`` (wall time to build it from the counts
+    and evaluate it; the m-grams are counted once, up to ``max_order``, for
+    all models).
     ``eval_ids`` may name several texts (``{"valid": ..., "test": ...}``): each
     model is fitted once and scored on each, one row per text with its name
     as ``split``.
@@ -352,11 +398,14 @@ def ngram_report(
     for name, arr in texts.items():
         if arr.size == 0:
             raise ValueError(f"eval ids {name!r} are empty" if named else "eval ids are empty")
+    for smoothing in smoothings:
+        _check_estimator(smoothing, k)
+    counts = count_ngrams(train_ids, max_order, vocab_size)
     rows = []
     for order in range(1, max_order + 1):
         for smoothing in smoothings:
             start = time.perf_counter()
-            model = NGramModel.fit(train_ids, order, vocab_size, smoothing, k)  # type: ignore[arg-type]
+            model = NGramModel.from_counts(counts, order, smoothing, k)  # type: ignore[arg-type]
             for name, arr in texts.items():
                 nll = model._mean_nll(arr)
                 rows.append(
