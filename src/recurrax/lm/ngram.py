@@ -178,6 +178,43 @@ def count_ngrams(ids: Sequence[int] | np.ndarray, max_order: int, vocab_size: in
     return NGramCounts(vocab_size, keys_by_order, raw_by_order, continuation)
 
 
+def _find(keys: np.ndarray, vocab_size: int, ctx: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Index of the key ``(ctx, word)`` in the sorted ``keys``, -1 where absent or ``ctx < 0``."""
+    out = np.full(np.broadcast(ctx, words).shape, -1, dtype=np.int64)
+    if keys.size == 0:
+        return out
+    key = ctx * vocab_size + words
+    idx = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+    found = (ctx >= 0) & (keys[idx] == key)
+    out[found] = idx[found]
+    return out
+
+
+def _text_lookup(keys: list[np.ndarray], vocab_size: int, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Where the m-grams of a scored text sit in the count tables ``keys`` (orders 1 .. len(keys)).
+
+    Returns ``(contexts, grams)``: ``contexts[m-1][t]``, the rank of the (m-1)-gram ending just
+    before position t in the order-(m-1) table (the empty context has rank 0; -1 where that context
+    is unseen or starts before ``ids``), and ``grams[m-1][t]``, the index of the m-gram ending at t
+    in the order-m table (-1 where unseen). The context of order m + 1 is the m-gram one step back.
+    """
+    ctx = np.zeros(ids.size, dtype=np.int64)
+    contexts, grams = [], []
+    for level_keys in keys:
+        gram = _find(level_keys, vocab_size, ctx, ids)
+        contexts.append(ctx)
+        grams.append(gram)
+        ctx = np.concatenate((np.full(1, -1, dtype=np.int64), gram[:-1]))[: ids.size]
+    return contexts, grams
+
+
+def _mean(log_probs: np.ndarray) -> float:
+    """The mean negative log-probability of a scored text."""
+    if log_probs.size == 0:
+        raise ValueError("cannot evaluate empty ids")
+    return float(-log_probs.mean())
+
+
 def _check_estimator(smoothing: str, k: float) -> None:
     if smoothing not in SMOOTHINGS:
         raise ValueError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
@@ -256,39 +293,22 @@ class NGramModel:
             (float(lv.discount[1]), float(lv.discount[2]), float(lv.discount[3])) for lv in self._levels
         )
 
-    def _context_ranks(self, ids: np.ndarray) -> list[np.ndarray]:
-        """Per order ``m = 1 .. order``: rank of the (m-1)-gram ending just before each position.
-
-        ``out[m-1][t]`` indexes the order-(m-1) table (the empty context has
-        rank 0) and is -1 where that context is unseen or starts before ``ids``.
-        """
-        ctx = np.zeros(ids.size, dtype=np.int64)
-        out = [ctx]
-        for level in self._levels[:-1]:
-            gram = self._find(level, ctx, ids)
-            ctx = np.concatenate((np.full(1, -1, dtype=np.int64), gram[:-1]))[: ids.size]
-            out.append(ctx)
-        return out
-
-    def _find(self, level: _Level, ctx: np.ndarray, words: np.ndarray) -> np.ndarray:
-        """Index of the key ``(ctx, word)`` in ``level.keys``, -1 where absent or ``ctx < 0``."""
-        out = np.full(np.broadcast(ctx, words).shape, -1, dtype=np.int64)
-        if level.keys.size == 0:
-            return out
-        key = ctx * self.vocab_size + words
-        idx = np.minimum(np.searchsorted(level.keys, key), level.keys.size - 1)
-        found = (ctx >= 0) & (level.keys[idx] == key)
-        out[found] = idx[found]
-        return out
+    def _lookup(self, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:func:`_text_lookup` of ``ids`` in this model's tables."""
+        return _text_lookup([level.keys for level in self._levels], self.vocab_size, ids)
 
     def _probs(
-        self, contexts: list[np.ndarray], words: np.ndarray, history: np.ndarray
+        self, contexts: list[np.ndarray], words: np.ndarray, history: np.ndarray,
+        grams: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Probabilities of ``words`` given per-order context ranks.
 
         ``contexts[m-1]`` is the rank of the (m-1)-token context in the
         order-(m-1) table (-1 if unseen or unavailable), ``history`` the number
         of context tokens available; all broadcast against ``words``.
+        ``grams[m-1]``, where given, is the index of each (context, word)
+        m-gram in the order-m table (-1 if unseen), as :func:`_text_lookup`
+        finds it; otherwise it is looked up here.
         """
         shape = np.broadcast_shapes(np.shape(words), np.shape(history), *(np.shape(c) for c in contexts))
         p = np.full(shape, 1.0 / self.vocab_size)
@@ -297,7 +317,7 @@ class NGramModel:
             seen_ctx = ctx >= 0
             total = np.zeros(shape)
             total[seen_ctx] = level.ctx_total[ctx[seen_ctx]]
-            gram = self._find(level, ctx, words)
+            gram = _find(level.keys, self.vocab_size, ctx, words) if grams is None else grams[m - 1]
             a = np.zeros(shape)
             a[gram >= 0] = level.counts[gram[gram >= 0]]
             if self.smoothing == "add-k":
@@ -318,15 +338,17 @@ class NGramModel:
     def log_prob(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Natural-log probability of each token of ``ids`` given those before it (``-inf`` if 0)."""
         arr = _as_ids(ids, self.vocab_size, "ids")
-        p = self._probs(self._context_ranks(arr), arr, np.arange(arr.size))
+        return self._log_prob(arr, *self._lookup(arr))
+
+    def _log_prob(self, arr: np.ndarray, contexts: list[np.ndarray], grams: list[np.ndarray]) -> np.ndarray:
+        """:meth:`log_prob` of ``arr`` from its lookup (:func:`_text_lookup`, at least this model's
+        order deep: a deeper one, made once for models of several orders, serves them all)."""
+        p = self._probs(contexts[: self.order], arr, np.arange(arr.size), grams[: self.order])
         with np.errstate(divide="ignore"):
             return np.log(p)
 
     def _mean_nll(self, ids: Sequence[int] | np.ndarray) -> float:
-        lp = self.log_prob(ids)
-        if lp.size == 0:
-            raise ValueError("cannot evaluate empty ids")
-        return float(-lp.mean())
+        return _mean(self.log_prob(ids))
 
     def perplexity(self, ids: Sequence[int] | np.ndarray) -> float:
         """``exp(-mean log P)`` over the tokens of ``ids``; ``inf`` if any has probability 0."""
@@ -346,7 +368,7 @@ class NGramModel:
         ctx_ids = ctx_ids[max(0, ctx_ids.size - self.order + 1) :] if self.order > 1 else ctx_ids[:0]
         # The context of a virtual token appended after ctx_ids.
         probe = np.append(ctx_ids, 0)
-        contexts = [ranks[-1:] for ranks in self._context_ranks(probe)]
+        contexts = [ranks[-1:] for ranks in self._lookup(probe)[0]]
         return self._probs(contexts, np.arange(self.vocab_size), np.array(ctx_ids.size))
 
     def sample(
@@ -385,8 +407,8 @@ def ngram_report(
 
     Returns one row per model: ``order``, ``smoothing``, ``perplexity``,
     ``bits_per_token`` and ``seconds`` (wall time to build it from the counts
-    and evaluate it; the m-grams are counted once, up to ``max_order``, for
-    all models).
+    and evaluate it; the m-grams are counted, and looked up in each text,
+    once for all models).
     ``eval_ids`` may name several texts (``{"valid": ..., "test": ...}``): each
     model is fitted once and scored on each, one row per text with its name
     as ``split``.
@@ -401,13 +423,14 @@ def ngram_report(
     for smoothing in smoothings:
         _check_estimator(smoothing, k)
     counts = count_ngrams(train_ids, max_order, vocab_size)
+    lookups = {name: _text_lookup(counts.keys, vocab_size, arr) for name, arr in texts.items()}
     rows = []
     for order in range(1, max_order + 1):
         for smoothing in smoothings:
             start = time.perf_counter()
             model = NGramModel.from_counts(counts, order, smoothing, k)  # type: ignore[arg-type]
             for name, arr in texts.items():
-                nll = model._mean_nll(arr)
+                nll = _mean(model._log_prob(arr, *lookups[name]))
                 rows.append(
                     {
                         **({"split": name} if named else {}),
