@@ -35,7 +35,8 @@ outputs are checked to agree before timing.
 
 ``--device gpu`` runs every contender on the GPU (torch on CUDA with cuDNN, JAX on its default backend,
 which must then be a GPU; each JAX process takes the GPU's memory as it needs it, up to an equal
-share of 80% of it, so that every contender's process finds some). The default, ``cpu``, hides GPUs from every contender.
+share of 80% of it, so that every contender's process finds some). The default, ``cpu``, hides GPUs
+from every contender.
 
 ``--threads N`` runs every contender with N threads (torch/OpenMP told so; XLA's CPU client sized by
 CPU affinity, N = 1 also switching off its intra-op pool), useful for comparing the work done
@@ -542,7 +543,8 @@ def main(argv=None) -> None:
     rows = run_grid(args)
     print(table(rows))
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
-          f"device: {args.device}; threads: {args.threads or 'default'}; malloc: {args.malloc}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
+          f"device: {args.device}; threads: {args.threads or 'default'}; malloc: {args.malloc}; "
+          f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
           f"{os.cpu_count()} CPUs", flush=True)
     if args.csv and rows:
         log(f"wrote {args.csv}")
