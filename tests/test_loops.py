@@ -67,7 +67,8 @@ def in_place_by_hand(init, xs, buffers, reverse):
 
 @pytest.mark.parametrize("length", [1, 2, 7])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_in_place_writes_each_slot_after_reading_it(length, reverse):
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_in_place_writes_each_slot_after_reading_it(length, reverse, read_ahead):
     rng = np.random.default_rng(length)
     xs = (jnp.asarray(rng.normal(size=(length, 3)), jnp.float32), None)
     buffers = (jnp.asarray(rng.normal(size=(length, 3)), jnp.float32),
@@ -75,8 +76,8 @@ def test_in_place_writes_each_slot_after_reading_it(length, reverse):
     init = jnp.zeros(3)
     want = in_place_by_hand(init, xs, buffers, reverse)
     for unroll in (1, 2):
-        got = jax.jit(lambda i, x, b: scan_in_place(in_place_body, i, x, b, reverse=reverse, unroll=unroll))(
-            init, xs, buffers)
+        got = jax.jit(lambda i, x, b: scan_in_place(in_place_body, i, x, b, reverse=reverse, unroll=unroll,
+                                                    read_ahead=read_ahead))(init, xs, buffers)
         jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)
 
 
@@ -104,4 +105,30 @@ def test_in_place_updates_the_buffers_without_copying_them():
 
     args = (jnp.ones((length, width)), jnp.ones((length, 2)), jnp.ones((length, width)))
     scratch = jax.jit(run).lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert scratch < 1.5 * length * width * 4
+
+
+def test_a_forward_step_reads_its_slot_in_place():
+    """``read_ahead=False`` for a step whose slot reaches the carry only through the values it
+    writes (inputs turned into outputs over them, as in a forward step): the values of a Python
+    loop, and one copy of the buffer in scratch memory, not two."""
+    length, width = 64, 4096
+
+    def forward_body(carry, inputs):
+        _, (p,) = inputs
+        y = jnp.tanh(p + 0.8 * carry)
+        return 0.5 * y, (y,)
+
+    def run(p):
+        return scan_in_place(forward_body, jnp.zeros(width), (None,), (p * 2.0,), read_ahead=False)
+
+    p = jnp.asarray(np.random.default_rng(0).normal(size=(length, width)), jnp.float32)
+    carry, want = np.zeros(width, np.float32), np.array(p) * 2.0
+    for t in range(length):
+        want[t] = np.tanh(want[t] + 0.8 * carry)
+        carry = 0.5 * want[t]
+    got_carry, (got,) = jax.jit(run)(p)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_carry, carry, rtol=1e-5, atol=1e-6)
+    scratch = jax.jit(lambda p: run(p)[1][0].sum()).lower(p).compile().memory_analysis().temp_size_in_bytes
     assert scratch < 1.5 * length * width * 4

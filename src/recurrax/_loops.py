@@ -16,7 +16,8 @@ differentiate; so the fused path uses it only where it was measured to pay
 ``jax.vmap`` lays out batch-major (see its docstring).
 
 ``scan_in_place``: a loop whose step t reads slot t of carried buffers and writes its outputs over
-it, so that a backward pass may put its gradients where the forward pass's residuals were.
+it, so that a backward pass may put its gradients where the forward pass's residuals were, and a
+forward pass its residuals where its hoisted input projections were.
 """
 
 from __future__ import annotations
@@ -82,18 +83,25 @@ def scan_into_buffers(body: Callable, init: Any, xs: Any, *, reverse: bool = Fal
     return final, ys
 
 
-def scan_in_place(body: Callable, init: Any, xs: Any, buffers: Any, *, reverse: bool = False, unroll: int = 1):
+def scan_in_place(body: Callable, init: Any, xs: Any, buffers: Any, *, reverse: bool = False, unroll: int = 1,
+                  read_ahead: bool = True):
     """``(final carry, buffers)`` of a loop over the time axis of ``buffers`` whose step
     ``body(carry, (x_t, slot_t)) -> (carry, y_t)`` receives slot t of ``buffers`` and whose output
     ``y_t`` (a pytree of the buffers' structure, shapes and dtypes) replaces it; ``xs`` as in
     ``jax.lax.scan`` (``None`` leaves pass through). Values: the buffers with each slot replaced.
 
-    Each step writes its slot first and then reads the slot of the next step from the updated
-    buffers, carrying it into that step. Read in the step itself, a slot feeds computations that
-    XLA need not order before the write (the part of a backward step that becomes the carry), so
-    XLA copied the whole buffers at every step to keep the read safe; read after the write, the
-    only reader of the buffers a step receives is the write, and XLA updates them in place.
+    ``read_ahead`` (the default): each step writes its slot first and then reads the slot of the
+    next step from the updated buffers, carrying it into that step. Read in the step itself, a slot
+    that feeds computations XLA need not order before the write (the part of a backward step that
+    becomes the carry) made XLA copy the whole buffers at every step to keep the read safe; read
+    after the write, the only reader of the buffers a step receives is the write, and XLA updates
+    them in place. A step whose slot reaches the carry only through the values it writes (a forward
+    step that turns its input projections into the gate values written over them) may read its
+    slot itself (``read_ahead=False``) and save the copy of the slot: LSTM's training step at
+    B = 32, T = 200, H = 128 took 20.0 ms that way and 20.3 ms reading ahead.
     """
+    if not read_ahead:
+        return _scan_reading_in_step(body, init, xs, buffers, reverse, unroll)
     length = jax.tree_util.tree_leaves(buffers)[0].shape[0]
     first = jax.tree_util.tree_map(lambda b: b[length - 1 if reverse else 0], buffers)
 
@@ -108,4 +116,21 @@ def scan_in_place(body: Callable, init: Any, xs: Any, buffers: Any, *, reverse: 
 
     (final, buffers, _), _ = jax.lax.scan(step, (init, buffers, first), (jnp.arange(length), xs),
                                           reverse=reverse, unroll=unroll)
+    return final, buffers
+
+
+def _scan_reading_in_step(body: Callable, init: Any, xs: Any, buffers: Any, reverse: bool, unroll: int):
+    """:func:`scan_in_place` with ``read_ahead=False``: step t reads slot t itself."""
+    length = jax.tree_util.tree_leaves(buffers)[0].shape[0]
+
+    def step(carry, inputs):
+        inner, buffers = carry
+        t, x = inputs
+        slot = jax.tree_util.tree_map(lambda b: jax.lax.dynamic_index_in_dim(b, t, 0, False), buffers)
+        inner, y = body(inner, (x, slot))
+        buffers = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), buffers, y)
+        return (inner, buffers), None
+
+    (final, buffers), _ = jax.lax.scan(step, (init, buffers), (jnp.arange(length), xs), reverse=reverse,
+                                       unroll=unroll)
     return final, buffers

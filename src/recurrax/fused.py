@@ -121,8 +121,7 @@ class Rule(NamedTuple):
     * ``in_loop``: whether a mid-sized batch (32 to 127 sequences) may compute its input
       projections inside the loop (:func:`project_in_loop`); ``hoist_without_fresh_pages``: not
       where the hoisted projections cost no fresh pages (the process keeps the memory it frees,
-      :func:`recurrax.allocator.freed_memory_kept`, or the inference loop's fit in
-      :data:`HOISTED_BYTES`);
+      :func:`recurrax.allocator.freed_memory_kept`, or they fit in :data:`HOISTED_BYTES`);
     * ``prefetch``: whether the forward loop reads each step's inputs one step ahead
       (:func:`recurrax._loops.scan_prefetched`). It pays for GRU, whose step XLA compiles into
       slow code when the slice of its inputs is fused into it (forward 1.2-2x faster at B = 1 to
@@ -148,6 +147,16 @@ class Rule(NamedTuple):
       128, T = 200): ForgetElman at B = 32 12.1-12.6 -> 10.8-11.9 ms, MGU 12.6-12.9 -> 10.9-11.4,
       GRU at B = 256 120-123 -> 110-112; with glibc's defaults GRU at B = 32, T = 1000 130-132
       -> 113-115 ms, MGU at B = 32 11.5-11.7 -> 9.9-10.1.
+    * ``residuals_over_projections``: whether the forward step's residuals have the shape of its
+      input projections (LSTM: the four gates' values, 4H numbers a step, like their
+      pre-activations), so that where the projections are hoisted the loop that saves residuals
+      writes them over the projections it reads (:func:`recurrax._loops.scan_in_place`): no buffer
+      of their own is allocated and zeroed at every call, and the projections are computed
+      batch-major, as that buffer is laid out, without transposing the inputs. With
+      ``gradients_over_residuals`` one buffer then holds the projections, the gates and their
+      gradients in turn. LSTM training at B = 32, T = 200, H = 128 (same process, alternating):
+      21.0 -> 20.0 ms with freed memory kept, and with glibc's defaults (hoisted now, see
+      :func:`project_in_loop`) 22.7 -> 20.5 ms; at B = 8 5.1 -> 4.8 ms.
     """
 
     consts: Callable
@@ -163,6 +172,7 @@ class Rule(NamedTuple):
     from_preactivation: Callable | None = None
     gradients_over_residuals: bool = False
     gate_blocks: tuple[int, ...] = ()
+    residuals_over_projections: bool = False
 
 
 def _matvec_rows(u, w):
@@ -223,6 +233,7 @@ LSTM_RULE = Rule(
     hoist_without_fresh_pages=True,
     from_preactivation=_lstm_from_preactivation,
     gradients_over_residuals=True,
+    residuals_over_projections=True,
 )
 
 
@@ -424,15 +435,13 @@ def _shift_in(states, h0):
 LOOP_MIN_BATCH = 32  # smaller batches (and one sequence) always hoist the input projection
 LARGE_BATCH = 128  # batches this large project in the loop, whatever the cell and its weights
 HOIST_SIZE = 2**18  # in between: input size x gates above which GRU and LSTM hoist
-HOISTED_BYTES = 32 << 20  # glibc's largest mmap threshold: an LSTM inference loop hoists up to this
+HOISTED_BYTES = 32 << 20  # glibc's largest mmap threshold: LSTM hoists projections up to this size
 
 
-def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, inference: bool = False,
-                    platform: str | None = None) -> bool:
+def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, platform: str | None = None) -> bool:
     """Whether the forward loop computes each step's input projection itself, for a batch of
-    ``batch`` sequences (None: one sequence, no ``vmap``) of ``length`` steps; ``inference``: for
-    the loop that saves no residuals (:func:`fused_scan`); ``platform``: where it runs (JAX's
-    default backend unless given).
+    ``batch`` sequences (None: one sequence, no ``vmap``) of ``length`` steps; ``platform``: where
+    it runs (JAX's default backend unless given).
 
     Everywhere but on a CPU the projection is hoisted: a GPU runs the product over all steps as one
     kernel at full speed, and each product in the loop is one more kernel launched per step. On an
@@ -453,9 +462,8 @@ def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, in
       25.4 ms training (T = 1000); at B = 2..16 hoisted trains LSTM and GRU 1.0-1.5x faster and runs
       LSTM's forward 1.3-1.8x faster (GRU's forward alone is 1.2-1.5x faster in the loop at
       B = 8..16).
-    * B = 32..127, glibc's defaults: in the loop wins for GRU and LSTM training when the input
-      weights are small (LSTM hoisted, B = 32..96, T = 200..400: 3-8% slower; 1.35x slower at
-      B = 32, T = 200 before the projections were written time-major), hoisted when they are
+    * B = 32..127, glibc's defaults: in the loop wins for GRU training, and LSTM's beyond
+      :data:`HOISTED_BYTES` (below), when the input weights are small, hoisted when they are
       large (B = 32, H = 512: 1.1-1.3x). Elman, ForgetElman and MGU (``Rule.in_loop`` False)
       hoist: in the loop their forward was 1.2-1.3x slower and their training no faster
       (B = 32, T = 200).
@@ -463,12 +471,16 @@ def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, in
       B = 32, T = 200 forward 8.6 against 9.9 ms, training 22.6 against 24.0 ms; B = 64, T = 1000
       forward 88.8 against 99.3 ms, training 248 against 263 ms. GRU is even either way
       (B = 32 and 64, T = 200: within 3%) and stays in the loop.
-    * B = 32..127, glibc's defaults, LSTM's inference loop: hoisted wins while the projections
-      fit in :data:`HOISTED_BYTES` (32 MiB: by default glibc maps any larger block afresh from
-      the kernel), B = 32, T = 200: 7.6 against 9.7 ms; T = 400: 16.5 against 19.5 ms; B = 48..64,
-      T = 100..200: 1.15-1.2x; and loses beyond (B = 96, T = 200, 39 MB: 41.3 against 30.7 ms;
-      B = 32, T = 1000, 66 MB: 65.8 against 48.2 ms). Its training loop stays in the loop
-      (hoisted 3-8% slower there, B = 32..96).
+    * B = 32..127, glibc's defaults, LSTM: hoisted wins while the projections fit in
+      :data:`HOISTED_BYTES` (32 MiB: by default glibc maps any larger block afresh from the
+      kernel). Inference at B = 32, T = 200: 7.6 against 9.7 ms; T = 400: 16.5 against 19.5 ms;
+      B = 48..64, T = 100..200: 1.15-1.2x; and it loses beyond (B = 96, T = 200, 39 MB: 41.3
+      against 30.7 ms; B = 32, T = 1000, 66 MB: 65.8 against 48.2 ms). Training, where the loop
+      writes its residuals over the hoisted projections (``Rule.residuals_over_projections``):
+      B = 32, T = 200 and B = 64, T = 100 (13 MB) 1.08-1.1x faster hoisted (22.2 against 24.5 ms,
+      23.0 against 25.0), B = 32, T = 400, B = 48..64, T = 200 (19-26 MB) within 2% either way,
+      so it follows the same rule (when the residuals had a buffer of their own, hoisted training
+      was 3-8% slower at B = 32..96).
     * B >= 128: in the loop wins for every cell (B = 256: LSTM, GRU forward 2.4-2.9x, training
       1.2x; ForgetElman and MGU forward 1.6-1.8x, training equal; LSTM at H = 512: 1.1x). With
       freed memory kept LSTM's forward in the loop (with :func:`joint_product`) beats hoisted
@@ -485,7 +497,7 @@ def project_in_loop(cell: Cell, batch: int | None, length: int | None = None, in
     if rule.hoist_without_fresh_pages:
         itemsize = jnp.dtype(cell.weight_ih.dtype).itemsize
         small = length is not None and batch * length * width * itemsize <= HOISTED_BYTES
-        if freed_memory_kept() or (inference and small):
+        if freed_memory_kept() or small:
             return False
     return rule.in_loop and cell.input_size * width <= HOIST_SIZE
 
@@ -511,7 +523,9 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
     the layer's outputs are (LSTM forward at B = 256, T = 200, H = 128: 45-48 -> 43-46 ms). The
     loop that saves residuals does so too where the backward loop writes its gradients over them
     (``Rule.gradients_over_residuals``: in place they must be laid out as its buffers are);
-    otherwise it stacks them time-major (with buffers it trained no faster)."""
+    otherwise it stacks them time-major (with buffers it trained no faster). With
+    ``Rule.residuals_over_projections`` and hoisted projections (:func:`_over_projections`) it
+    writes the residuals over the projections instead."""
     consts = _loop_layout(rule.consts(cell))
     w_ih_t, bias = _loop_layout((cell.weight_ih, cell.bias))
     if joint:
@@ -530,11 +544,31 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
             s_new = tree_where(valid, s_new, s)
         return s_new, (s_new, res)
 
+    if _over_projections(rule, in_loop, joint, inference):
+        length = inputs.shape[0]
+        state_buffers = jax.tree_util.tree_map(lambda s: jnp.zeros((length,) + s.shape, s.dtype), h0)
+
+        def body_over_projections(s, step_inputs):
+            (start, valid), (p, _) = step_inputs
+            s_new, (s_out, res) = body(s, (p, start, valid))
+            return s_new, (res, s_out)
+
+        # The step's slot (its projections) reaches the carry only through the gates it writes.
+        _, (res, states) = scan_in_place(body_over_projections, h0, (starts, mask), (inputs, state_buffers),
+                                         unroll=unroll, read_ahead=False)
+        return states, res
     loop = scan_into_buffers if inference or rule.gradients_over_residuals else jax.lax.scan
     if rule.prefetch:
         loop = functools.partial(scan_prefetched, loop=loop)
     _, (states, res) = loop(body, h0, (inputs, starts, mask), unroll=unroll)
     return states, res
+
+
+def _over_projections(rule: Rule, in_loop: bool, joint: bool, inference: bool) -> bool:
+    """Whether the forward loop writes its residuals over the hoisted projections
+    (``Rule.residuals_over_projections``): in the loop that saves residuals, where the projections
+    are hoisted."""
+    return rule.residuals_over_projections and not (in_loop or joint or inference)
 
 
 def _time_major_projections(cell: Cell, xs):
@@ -584,7 +618,7 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
     for ``inference`` whether its products are one (:func:`joint_product`)."""
 
     def choices(cell, batch, length):
-        return project_in_loop(cell, batch, length, inference), inference and joint_product(cell, batch)
+        return project_in_loop(cell, batch, length), inference and joint_product(cell, batch)
 
     @jax.custom_batching.custom_vmap
     def run(cell, xs, h0, h_reset, starts, mask):
@@ -602,7 +636,7 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
             out = jax.vmap(one, in_axes=tuple(in_axes))(cell, projections, h0, h_reset, starts, mask)
             return out, jax.tree_util.tree_map(lambda _: True, out)
         in_loop, joint = choices(cell, axis_size, xs.shape[1] if in_batched[1] else xs.shape[0])
-        if not in_loop and in_batched[1]:
+        if not in_loop and in_batched[1] and not _over_projections(rule, in_loop, joint, inference):
             xs, in_axes[1] = _time_major_projections(cell, xs), 1
         elif not in_loop:
             xs = _input_products(cell, xs)
