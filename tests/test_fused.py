@@ -351,8 +351,9 @@ def test_backward_writes_its_gradients_over_the_residuals(monkeypatch, name):
 def test_lstm_writes_its_gates_over_the_hoisted_projections(monkeypatch):
     """Where LSTM hoists its input projections (here: 16 sequences), the loop that saves the
     gates writes them over the projections: at least half a T x B x 4H buffer less scratch memory
-    than with a buffer of their own (XLA's CPU compiler reuses some of that buffer later), and the same values and gradients as the plain loop
-    (the other tests run this path at their small batches)."""
+    than with a buffer of their own (XLA's CPU compiler reuses some of that buffer later), and the
+    same values and gradients as the plain loop (the other tests run this path at their small
+    batches)."""
     if jax.default_backend() != "cpu":
         pytest.skip("a claim about the scratch memory of XLA's CPU compiler")
     batch, length, hidden = 16, 64, 32

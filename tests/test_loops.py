@@ -111,7 +111,7 @@ def test_in_place_updates_the_buffers_without_copying_them():
 def test_a_forward_step_reads_its_slot_in_place():
     """``read_ahead=False`` for a step whose slot reaches the carry only through the values it
     writes (inputs turned into outputs over them, as in a forward step): the values of a Python
-    loop, and one copy of the buffer in scratch memory, not two."""
+    loop, and (XLA's CPU compiler) one copy of the buffer in scratch memory, not two."""
     length, width = 64, 4096
 
     def forward_body(carry, inputs):
@@ -130,5 +130,6 @@ def test_a_forward_step_reads_its_slot_in_place():
     got_carry, (got,) = jax.jit(run)(p)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_carry, carry, rtol=1e-5, atol=1e-6)
-    scratch = jax.jit(lambda p: run(p)[1][0].sum()).lower(p).compile().memory_analysis().temp_size_in_bytes
-    assert scratch < 1.5 * length * width * 4
+    if jax.default_backend() == "cpu":
+        scratch = jax.jit(lambda p: run(p)[1][0].sum()).lower(p).compile().memory_analysis().temp_size_in_bytes
+        assert scratch < 1.5 * length * width * 4
