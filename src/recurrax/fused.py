@@ -19,7 +19,8 @@ What differs from differentiating the plain loop:
   The matrices of the step's products are transposed once, before the loop, into the layout XLA's
   CPU matmul reads without re-packing them at every step (:func:`_loop_layout`). It saves what
   the backward pass needs, the gate activations and the states, rather than what autodiff would
-  choose. For inference (a call that is not differentiated) a second version of the loop saves
+  choose (LSTM writes its gate activations over the hoisted projections it reads,
+  ``Rule.residuals_over_projections``). For inference (a call that is not differentiated) a second version of the loop saves
   nothing and, for LSTM at large batches, takes both products as one (:func:`_loop`); XLA keeps
   whichever loop is read.
 * **Backward loop.** A ``jax.custom_vjp`` whose backward loop carries only the state gradients:
