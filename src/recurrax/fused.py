@@ -20,9 +20,9 @@ What differs from differentiating the plain loop:
   CPU matmul reads without re-packing them at every step (:func:`_loop_layout`). It saves what
   the backward pass needs, the gate activations and the states, rather than what autodiff would
   choose (LSTM writes its gate activations over the hoisted projections it reads,
-  ``Rule.residuals_over_projections``). For inference (a call that is not differentiated) a second version of the loop saves
-  nothing and, for LSTM at large batches, takes both products as one (:func:`_loop`); XLA keeps
-  whichever loop is read.
+  ``Rule.residuals_over_projections``). For inference (a call that is not differentiated) a second
+  version of the loop saves nothing and, for LSTM at large batches, takes both products as one
+  (:func:`_loop`); XLA keeps whichever loop is read.
 * **Backward loop.** A ``jax.custom_vjp`` whose backward loop carries only the state gradients:
   per step one product ``dz @ W_hh`` (the gradient for the previous state) and elementwise work,
   emitting the pre-activation gradients ``dz_t``. The transpose of the plain loop also accumulates
@@ -545,7 +545,7 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
             s_new = tree_where(valid, s_new, s)
         return s_new, (s_new, res)
 
-    if _over_projections(rule, in_loop, joint, inference):
+    if _over_projections(rule, in_loop, inference):
         length = inputs.shape[0]
         state_buffers = jax.tree_util.tree_map(lambda s: jnp.zeros((length,) + s.shape, s.dtype), h0)
 
@@ -565,11 +565,11 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
     return states, res
 
 
-def _over_projections(rule: Rule, in_loop: bool, joint: bool, inference: bool) -> bool:
+def _over_projections(rule: Rule, in_loop: bool, inference: bool) -> bool:
     """Whether the forward loop writes its residuals over the hoisted projections
-    (``Rule.residuals_over_projections``): in the loop that saves residuals, where the projections
-    are hoisted."""
-    return rule.residuals_over_projections and not (in_loop or joint or inference)
+    (``Rule.residuals_over_projections``): in the loop that saves residuals (never one with a
+    joint product, an inference loop), where the projections are hoisted."""
+    return rule.residuals_over_projections and not (in_loop or inference)
 
 
 def _time_major_projections(cell: Cell, xs):
@@ -637,7 +637,7 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
             out = jax.vmap(one, in_axes=tuple(in_axes))(cell, projections, h0, h_reset, starts, mask)
             return out, jax.tree_util.tree_map(lambda _: True, out)
         in_loop, joint = choices(cell, axis_size, xs.shape[1] if in_batched[1] else xs.shape[0])
-        if not in_loop and in_batched[1] and not _over_projections(rule, in_loop, joint, inference):
+        if not in_loop and in_batched[1] and not _over_projections(rule, in_loop, inference):
             xs, in_axes[1] = _time_major_projections(cell, xs), 1
         elif not in_loop:
             xs = _input_products(cell, xs)
