@@ -271,3 +271,31 @@ def test_evaluations_of_a_training_run_share_one_compiled_function(monkeypatch):
     scores = [evaluate_sequences(m, data, objective="per-step-mse", metric="mse") for m in (first, second, first)]
     assert len(traces) == 1
     assert scores[0] == scores[2] != scores[1]
+
+
+def test_runs_that_differ_in_their_seed_share_one_compiled_update(monkeypatch):
+    """Two fits of equal models whose configurations differ only in the seed and the evaluation
+    interval trace the update once, and the second gives what it gives with an update of its own; a
+    different schedule length is another update."""
+    import recurrax.train.bptt as bptt_module
+    import recurrax.train.trainer as trainer_module
+
+    def train(**overrides):
+        model = recurrax.SequenceModel("gru", 1, 5, 1, key=jax.random.key(0))
+        config = TrainConfig(**{"steps": 3, "batch_size": 4, "learning_rate": 1e-2, "schedule": "cosine", **overrides})
+        source = ShuffledBatches(sum_task(12, 0), config.batch_size, config.seed)
+        return fit(model, source, objective="per-step-mse", config=config, progress=False)
+
+    trainer_module._cached_update.cache_clear()
+    traces = []
+    batch_loss = bptt_module.batch_loss
+    monkeypatch.setattr(bptt_module, "batch_loss", lambda *a, **k: traces.append(1) or batch_loss(*a, **k))
+    train(seed=0)
+    shared = train(seed=1, eval_every=2)
+    assert len(traces) == 1
+    train(seed=1, steps=4)
+    assert len(traces) == 2
+    trainer_module._cached_update.cache_clear()
+    alone = train(seed=1, eval_every=2)
+    assert len(traces) == 3
+    assert_same_run(shared, alone)
