@@ -223,3 +223,25 @@ def test_truncated_last_step_reads_a_short_padded_sequence_at_its_own_last_step(
     want = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
     for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_truncated_with_a_chunk_longer_than_the_sequences_is_full_bptt_over_their_steps(monkeypatch):
+    """One chunk of the sequences' 5 steps (no padded steps computed), and the update of full BPTT
+    from the initial state."""
+    import recurrax.train.bptt as bptt_module
+
+    m = model("gru")
+    params, static = eqx.partition(m, eqx.is_inexact_array)
+    batch = regression_batch(3, length=5)
+    opt = optax.sgd(0.05)
+    lengths = []
+    batch_loss_traced = bptt_module.batch_loss
+    monkeypatch.setattr(bptt_module, "batch_loss",
+                        lambda p, s, b, **k: lengths.append(b["mask"].shape[1]) or batch_loss_traced(p, s, b, **k))
+    truncated = make_update(static, opt, "per-step-mse", "sum", BPTT("truncated", chunk=50))
+    got = truncated(params, opt.init(params), None, batch, jax.random.key(0), 1)[0]
+    assert lengths == [5]
+    full = make_update(static, opt, "per-step-mse", "sum", BPTT("full"))
+    want = full(params, opt.init(params), None, batch, jax.random.key(0), 5)[0]
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

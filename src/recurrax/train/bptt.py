@@ -14,9 +14,10 @@ and optionally ``loss_mask`` (B, T) (steps that are scored; defaults to ``mask``
 * **full**: one gradient of the loss over whole sequences. The tied weights receive the sum of
   the gradients from every time step (that is what the chain rule through the unrolled network
   gives).
-* **truncated** (chunk k): the sequences are cut into chunks of k steps; each chunk is one update,
-  starting from the state the previous chunk ended in, without gradient through that state
-  (``stop_gradient``); episode starts inside a chunk reset to the initial state. For last-step
+* **truncated** (chunk k): the sequences are cut into chunks of k steps (k beyond their length: one
+  chunk of their length); each chunk is one update, starting from the state the previous chunk
+  ended in, without gradient through that state (``stop_gradient``); episode starts inside a
+  chunk reset to the initial state. For last-step
   objectives only the final chunk is scored: earlier chunks just advance the state (padded
   sequences are first right-aligned, so that the final chunk holds each one's last steps).
 * **curriculum** (the first text's schedule): train on the prefixes of length 1, 2, …, N (every
@@ -139,7 +140,9 @@ def make_update(static, optimizer: optax.GradientTransformation, objective: str,
         model = eqx.combine(params, static)
         if last_step:
             batch = _right_aligned(batch)
-        chunks = _split_in_chunks(batch, bptt.chunk, per_step_targets=not last_step)
+        # a chunk longer than the sequences is one chunk of their length, not one padded to ``chunk`` steps
+        chunk = min(bptt.chunk, batch["mask"].shape[1])
+        chunks = _split_in_chunks(batch, chunk, per_step_targets=not last_step)
         num_chunks = chunks["mask"].shape[0]
         if carry is None:
             carry = batched_initial_state(model, batch["mask"].shape[0])
