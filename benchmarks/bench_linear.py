@@ -46,6 +46,8 @@ import subprocess
 import sys
 import time
 
+import machine
+
 ALL_CELLS = ["linear", "lru", "mingru", "minlstm", "s6", "rglru", "ffm", "linear-attention", "gated-deltanet"]
 MODES = ["sequential", "associative", "chunked"]
 PASSES = ["fwd", "fwd+bwd"]
@@ -212,10 +214,8 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown cells/modes/passes: {', '.join(unknown)}")
 
-    import platform
-
     print(f"batch {args.batch}, hidden {args.hidden}, float32, chunk_size {args.chunk_size}, "
-          f"{args.repeats} repeats, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+          f"{args.repeats} repeats; {machine.describe()}")
     results = []
     start = time.perf_counter()
     for cell in cells:

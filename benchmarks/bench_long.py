@@ -43,6 +43,8 @@ import subprocess
 import sys
 import time
 
+import machine
+
 
 def _status(field: str) -> float:
     """A memory field of /proc/self/status in GiB (VmRSS, VmHWM)."""
@@ -268,6 +270,7 @@ def main(argv=None) -> None:
         out += run_streaming(args)
     print("\n".join(out))
     print(f"\nload average {load:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} CPUs", flush=True)
+    print(machine.describe(), flush=True)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ import subprocess
 import sys
 import time
 
+import machine
+
 ALL_CELLS = ["LinearRecurrence", "Elman", "ForgetElman", "MGU", "GRU", "LSTM"]
 TORCH_CELLS = {"Elman": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
 CONTENDERS = ["torch", "plain", "unfused", "cudnn", "ours"]
@@ -545,7 +547,7 @@ def main(argv=None) -> None:
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
           f"device: {args.device}; threads: {args.threads or 'default'}; malloc: {args.malloc}; "
           f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
-          f"{os.cpu_count()} CPUs", flush=True)
+          f"{os.cpu_count()} CPUs\n{machine.describe()}", flush=True)
     if args.csv and rows:
         log(f"wrote {args.csv}")
 
