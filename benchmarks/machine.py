@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 
 
 def _cpu() -> str:
@@ -36,6 +37,18 @@ def _version(package: str) -> str:
         return "absent"
 
 
-def describe() -> str:
-    """E.g. ``cpu: AMD EPYC, AVX-512, 2 CPUs; jax 0.10.2, torch 2.13.0+cpu``."""
-    return f"cpu: {_cpu()}, {os.cpu_count()} CPUs; jax {_version('jax')}, torch {_version('torch')}"
+def _gpus() -> str:
+    """The GPUs' names, as ``nvidia-smi`` gives them ("" without it)."""
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return ", ".join(name.strip() for name in names if name.strip())
+
+
+def describe(device: str = "cpu") -> str:
+    """E.g. ``cpu: AMD EPYC, AVX-512, 2 CPUs; jax 0.10.2, torch 2.13.0+cpu``; for ``device="gpu"``
+    the GPUs' names first."""
+    gpus = f"gpu: {_gpus() or 'unknown'}; " if device == "gpu" else ""
+    return f"{gpus}cpu: {_cpu()}, {os.cpu_count()} CPUs; jax {_version('jax')}, torch {_version('torch')}"
