@@ -1,7 +1,7 @@
 """One line naming what a benchmark ran on: the processor, its cores and vector width, and the
 versions of JAX and torch, printed under every table (runs on different machines differ by more
-than any change measured here: the same LSTM training step took 15.8 ms on one 2-core machine and
-35.6 ms on another)."""
+than any change measured here: torch's LSTM training step at B = 32, T = 200, H = 128 took 15.8 ms
+on one 2-core machine and 38 ms on another)."""
 
 from __future__ import annotations
 

@@ -299,3 +299,4 @@ def test_runs_that_differ_in_their_seed_share_one_compiled_update(monkeypatch):
     alone = train(seed=1, eval_every=2)
     assert len(traces) == 3
     assert_same_run(shared, alone)
+    trainer_module._cached_update.cache_clear()  # no update built on the patched loss outlives the test

@@ -17,9 +17,9 @@ and optionally ``loss_mask`` (B, T) (steps that are scored; defaults to ``mask``
 * **truncated** (chunk k): the sequences are cut into chunks of k steps (k beyond their length: one
   chunk of their length); each chunk is one update, starting from the state the previous chunk
   ended in, without gradient through that state (``stop_gradient``); episode starts inside a
-  chunk reset to the initial state. For last-step
-  objectives only the final chunk is scored: earlier chunks just advance the state (padded
-  sequences are first right-aligned, so that the final chunk holds each one's last steps).
+  chunk reset to the initial state. For last-step objectives only the final chunk is scored:
+  earlier chunks just advance the state (padded sequences are first right-aligned, so that the
+  final chunk holds each one's last steps).
 * **curriculum** (the first text's schedule): train on the prefixes of length 1, 2, …, N (every
   ``stride``-th length, N always included). Prefix k is the same batch with the steps t ≥ k masked
   out (inputs too: a bidirectional model does not read them), so every stage shares one compiled

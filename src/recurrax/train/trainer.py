@@ -134,8 +134,9 @@ UPDATE_CACHE_SIZE = 16
 
 
 def _optimizer_settings(config: TrainConfig) -> TrainConfig:
-    """``config`` with the fields that leave the update's computation unchanged set to their defaults:
-    runs that differ in them (the seed, the evaluation and logging intervals) share one update."""
+    """``config`` with the fields that leave the update's computation unchanged (the seed, the
+    evaluation and logging intervals, the patience) set to fixed values: runs that differ only in
+    them share one update."""
     return dataclasses.replace(config, seed=0, eval_every=1, log_every=1, patience=None)
 
 
