@@ -229,6 +229,29 @@ def test_off_a_cpu_the_input_projection_is_hoisted():
         assert recurrax.fused.project_in_loop(make(name), large, 1000, platform="cpu")
 
 
+def test_off_a_cpu_the_forward_loops_stack_their_outputs(monkeypatch):
+    """GRU's forward loop reads each step ahead into carried buffers on a CPU; elsewhere it stacks
+    its outputs with ``jax.lax.scan`` (:func:`recurrax.fused._loop`)."""
+    used = []
+    for helper in ("scan_prefetched", "scan_into_buffers"):
+        original = getattr(recurrax.fused, helper)
+        monkeypatch.setattr(recurrax.fused, helper,
+                            lambda *a, _original=original, _helper=helper, **k: used.append(_helper) or _original(*a, **k))
+    for platform in ("cpu", "gpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda: platform)
+        used.clear()
+        jax.make_jaxpr(jax.grad(batch_loss(True, ((False, False),))))(variables("gru"), STARTS, MASK)
+        assert set(used) == ({"scan_prefetched", "scan_into_buffers"} if platform == "cpu" else set())
+
+
+@pytest.mark.parametrize("name", ["mgu", "gru", "lstm"])
+def test_the_forward_loops_off_a_cpu_equal_plain(monkeypatch, name):
+    """With a GPU's choices (projections hoisted, outputs stacked, no read-ahead), the fused path
+    equals the plain loop."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert_fused_matches_plain(variables(name), ((True, True), (False, False)))
+
+
 @pytest.mark.parametrize("name", ["mgu", "gru", "lstm"])
 def test_a_batch_of_states_over_one_shared_sequence_equals_plain(name):
     """vmap over initial states only (the inputs unbatched): the hoisted projection is then computed

@@ -126,7 +126,8 @@ class Rule(NamedTuple):
     * ``prefetch``: whether the forward loop reads each step's inputs one step ahead
       (:func:`recurrax._loops.scan_prefetched`). It pays for GRU, whose step XLA compiles into
       slow code when the slice of its inputs is fused into it (forward 1.2-2x faster at B = 1 to
-      256); for the other cells the extra copy per step cost up to 1.5x (Elman at B = 1);
+      256); for the other cells the extra copy per step cost up to 1.5x (Elman at B = 1). On a CPU
+      only (:func:`_loop`);
     * ``from_preactivation(state, z) -> (state, residuals)``: for cells whose step reads the sum
       z = W_ih x + b + W_hh h (LSTM), the step from that sum, so that the inference loop may take
       z from one product ``[x, h] @ [W_ihᵀ; W_hhᵀ]`` (``consts`` must start with W_hh) instead of
@@ -526,7 +527,12 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
     (``Rule.gradients_over_residuals``: in place they must be laid out as its buffers are);
     otherwise it stacks them time-major (with buffers it trained no faster). With
     ``Rule.residuals_over_projections`` and hoisted projections (:func:`_over_projections`) it
-    writes the residuals over the projections instead."""
+    writes the residuals over the projections instead.
+
+    The carried buffers, and ``Rule.prefetch``, are a CPU's choices; elsewhere the loop stacks its
+    outputs with ``jax.lax.scan`` and reads no step ahead. On an H200 (B = 32 and 256, T = 200,
+    H = 128 and 512, same process, medians of 5) the CPU's choices made GRU's forward 1.22-1.30x
+    and its training 1.05-1.10x slower, LSTM's forward 1.05-1.08x slower, its training within 2%."""
     consts = _loop_layout(rule.consts(cell))
     w_ih_t, bias = _loop_layout((cell.weight_ih, cell.bias))
     if joint:
@@ -558,9 +564,12 @@ def _loop(rule: Rule, unroll: int, in_loop: bool, joint: bool, inference: bool, 
         _, (res, states) = scan_in_place(body_over_projections, h0, (starts, mask), (inputs, state_buffers),
                                          unroll=unroll, read_ahead=False)
         return states, res
-    loop = scan_into_buffers if inference or rule.gradients_over_residuals else jax.lax.scan
-    if rule.prefetch:
-        loop = functools.partial(scan_prefetched, loop=loop)
+    loop = jax.lax.scan
+    if jax.default_backend() == "cpu":
+        if inference or rule.gradients_over_residuals:
+            loop = scan_into_buffers
+        if rule.prefetch:
+            loop = functools.partial(scan_prefetched, loop=loop)
     _, (states, res) = loop(body, h0, (inputs, starts, mask), unroll=unroll)
     return states, res
 
