@@ -285,7 +285,9 @@ def fit(
     model is the final one). A loss that is not finite, in training or validation, raises
     :class:`FloatingPointError`. With ``run_dir`` the run is
     logged and checkpointed there (``run_config`` is written as ``config.json`` beside the training
-    configuration); ``resume=True`` continues from the checkpoint in ``run_dir``.
+    configuration); ``resume=True`` continues from the checkpoint in ``run_dir``. Fits of models
+    with an equal structure under equal optimiser settings share one compiled update
+    (:func:`shared_update`).
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir of the run to continue")
