@@ -269,8 +269,7 @@ def main(argv=None) -> None:
     if args.only in (None, "streaming"):
         out += run_streaming(args)
     print("\n".join(out))
-    print(f"\nload average {load:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} CPUs", flush=True)
-    print(machine.describe(), flush=True)
+    print(f"\nload average {load:.2f} before, {os.getloadavg()[0]:.2f} after\n{machine.describe()}", flush=True)
 
 
 if __name__ == "__main__":

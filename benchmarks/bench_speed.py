@@ -546,8 +546,8 @@ def main(argv=None) -> None:
     print(table(rows))
     print(f"\nmedian ms per call, {args.repeats} measurements of >= {args.min_time}s per contender and mode; "
           f"device: {args.device}; threads: {args.threads or 'default'}; malloc: {args.malloc}; "
-          f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after, "
-          f"{os.cpu_count()} CPUs\n{machine.describe(args.device)}", flush=True)
+          f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after\n{machine.describe(args.device)}",
+          flush=True)
     if args.csv and rows:
         log(f"wrote {args.csv}")
 

@@ -158,8 +158,7 @@ def shared_update(static, config: TrainConfig, updates_per_step: int, objective:
     try:
         hash((static, settings))
     except TypeError:
-        return make_update(static, make_optimizer(settings, updates_per_step), objective, settings.reduce,
-                           settings.strategy)
+        return _cached_update.__wrapped__(static, settings, updates_per_step, objective)
     return _cached_update(static, settings, updates_per_step, objective)
 
 
