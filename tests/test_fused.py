@@ -399,3 +399,47 @@ def test_lstm_writes_its_gates_over_the_hoisted_projections(monkeypatch):
     with recurrax.fused.disabled():
         want = jax.value_and_grad(loss)(cell, xs)
     assert_trees_close(jax.value_and_grad(loss)(cell, xs), want, 2e-5)
+
+
+@pytest.mark.parametrize("name", ["elman", "forget-elman", "gru", "lstm"])
+def test_a_sequence_cut_into_pieces_of_time_equals_plain(monkeypatch, name):
+    """Three pieces of 2, 3 and 2 steps (:func:`recurrax.fused.time_pieces`), each a fused scan of
+    its own, the state carried: values and gradients of the plain loop, reversed and with starts,
+    masks, initial and reset states."""
+    monkeypatch.setattr(recurrax.fused, "time_pieces", lambda *args, **kwargs: 3)
+    assert_fused_matches_plain(variables(name), ((True, True), (False, False)))
+
+
+def test_how_many_pieces_of_time():
+    """Pieces of about PIECE_STEPS steps for batches of PIECE_MIN_BATCH sequences or more on a CPU,
+    at most MAX_PIECES; one piece for smaller batches, one sequence, large recurrent matrices and
+    off a CPU."""
+    fused = recurrax.fused
+    lstm, batch, steps = make("lstm"), fused.PIECE_MIN_BATCH, fused.PIECE_STEPS
+    assert fused.time_pieces(lstm, batch, 4 * steps, platform="cpu") == 4
+    assert fused.time_pieces(lstm, batch, 4 * steps + steps - 1, platform="cpu") == 4
+    assert fused.time_pieces(lstm, 8 * batch, 100 * steps, platform="cpu") == fused.MAX_PIECES
+    assert fused.time_pieces(lstm, batch, steps - 1, platform="cpu") == 1
+    assert fused.time_pieces(lstm, batch - 1, 4 * steps, platform="cpu") == 1
+    assert fused.time_pieces(lstm, None, 4 * steps, platform="cpu") == 1
+    assert fused.time_pieces(lstm, batch, 4 * steps, platform="gpu") == 1
+    wide = recurrax.LSTM(4, 512, key=jax.random.key(0))  # a 2048 x 512 recurrent matrix
+    assert fused.time_pieces(wide, batch, 4 * steps, platform="cpu") == 1
+    assert fused.time_pieces(recurrax.GRU(4, 512, key=jax.random.key(0)), batch, 4 * steps, platform="cpu") == 4
+
+
+@pytest.mark.usefixtures("cpu_choices")
+def test_the_batch_that_vmap_maps_chooses_the_pieces(monkeypatch):
+    """fused_scan reads the batch size from the vmap around it: a batch of PIECE_MIN_BATCH
+    sequences of 2 PIECE_STEPS steps runs as two pieces, one sequence as one."""
+    calls = []
+    piece = recurrax.fused._fused_piece
+    monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: calls.append(a[2].shape[0]) or piece(*a, **k))
+    cell, steps = make("gru"), 2 * recurrax.fused.PIECE_STEPS
+    xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, steps, X))
+    loss = lambda c, x: jnp.sum(recurrax.scan(c, x)[0])  # noqa: E731
+    jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)
+    assert calls == [steps // 2, steps // 2]
+    calls.clear()
+    jax.make_jaxpr(jax.grad(loss))(cell, xs[0])
+    assert calls == [steps]
