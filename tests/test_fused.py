@@ -423,9 +423,9 @@ def test_how_many_pieces_of_time():
     assert fused.time_pieces(lstm, batch - 1, 4 * steps, platform="cpu") == 1
     assert fused.time_pieces(lstm, None, 4 * steps, platform="cpu") == 1
     assert fused.time_pieces(lstm, batch, 4 * steps, platform="gpu") == 1
-    wide = recurrax.LSTM(4, 512, key=jax.random.key(0))  # a 2048 x 512 recurrent matrix
+    wide = recurrax.LSTM(4, 256, key=jax.random.key(0))  # a 1024 x 256 recurrent matrix: PIECE_MAX_WEIGHTS
     assert fused.time_pieces(wide, batch, 4 * steps, platform="cpu") == 1
-    assert fused.time_pieces(recurrax.GRU(4, 512, key=jax.random.key(0)), batch, 4 * steps, platform="cpu") == 4
+    assert fused.time_pieces(recurrax.GRU(4, 256, key=jax.random.key(0)), batch, 4 * steps, platform="cpu") == 4
 
 
 @pytest.mark.usefixtures("cpu_choices")

@@ -808,7 +808,7 @@ def _input_carriers(cell: Cell, xs, blocks: tuple[int, ...]):
 PIECE_MIN_BATCH = 32  # smaller batches run their sequence as one piece
 PIECE_STEPS = 50  # about this many steps a piece
 MAX_PIECES = 8
-PIECE_MAX_WEIGHTS = 2**20  # recurrent matrices with this many numbers or more run as one piece
+PIECE_MAX_WEIGHTS = 2**18  # recurrent matrices with this many numbers or more run as one piece
 
 
 def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None = None) -> int:
@@ -829,11 +829,13 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
     * B = 32: LSTM 40.6 -> 37.3 ms (4 pieces; 2 pieces 38.6, 8 pieces 37.9), GRU 34.8 -> 32.8,
       Elman 9.75 -> 8.37, ForgetElman 23.7 -> 21.3, MGU 24.7 -> 21.5; LSTM forward 17.3 -> 16.2;
       T = 1000: LSTM 203 -> 177 ms (8 pieces; 16 pieces 170).
-    * B = 256: LSTM 311 -> 275 ms; B = 64, T = 100, H = 256: 117 -> 112 ms (2 pieces).
-    * Large recurrent matrices: GRU at B = 32, H = 512 (512 x 1536) 316 -> 295 ms, but LSTM at
-      H = 512 (512 x 2048, :data:`PIECE_MAX_WEIGHTS` numbers) 0.99-1.04x at B = 32 and
-      1.01-1.04x at B = 256: its loops' products stream the matrix from memory and gain nothing
-      from running beside other products.
+    * B = 256: LSTM 311 -> 275 ms.
+    * Recurrent matrices of :data:`PIECE_MAX_WEIGHTS` numbers (1 MiB in float32) or more run as
+      one piece: LSTM at H = 512 (512 x 2048) took 0.99-1.04x the time in pieces at B = 32 and
+      1.01-1.04x at B = 256; at H = 256 (256 x 1024), B = 64, T = 100, 2 pieces took 112 instead
+      of 117 ms with input size 256 but 103 instead of 98 ms with input size 64 (the main job's
+      model: less product work outside the loops to overlap). GRU at H = 512 (512 x 1536) gained
+      (B = 32: 316 -> 295 ms).
     * Small batches lose: LSTM at B = 8 9.68 -> 9.89 ms, at B = 1 2.24 -> 2.75 ms (each piece
       costs a fixed time and there is little to overlap), hence :data:`PIECE_MIN_BATCH`.
 
