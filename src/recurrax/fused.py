@@ -866,13 +866,18 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, piece
     pieces = min(pieces, length)
     if pieces == 1:
         return _fused_piece(rule, cell, xs, h0, h_reset, starts, mask, unroll)
-    bounds = [round(k * length / pieces) for k in range(pieces + 1)]
+    bounds = _piece_bounds(length, pieces)
     ys, state = [], h0
     for start, stop in zip(bounds[:-1], bounds[1:]):
         cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
         y, state = _fused_piece(rule, cell, xs[start:stop], state, h_reset, cut(starts), cut(mask), unroll)
         ys.append(y)
     return jnp.concatenate(ys), state
+
+
+def _piece_bounds(length: int, pieces: int) -> list[int]:
+    """Where ``pieces`` consecutive pieces of a sequence of ``length`` steps start, and its end."""
+    return [round(k * length / pieces) for k in range(pieces + 1)]
 
 
 def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: int):
