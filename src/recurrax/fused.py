@@ -858,22 +858,20 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
     return max(1, min(MAX_PIECES, length // PIECE_STEPS))
 
 
-def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, pieces: int | None = None):
+def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1):
     """Run ``cell`` over one sequence ``xs`` (T, input_size) on the fused path.
 
     Same contract as the plain sequential loop of :mod:`recurrax.scan` (``starts`` reset the state
     to ``h_reset`` before a step, masked steps keep the state and output zeros); returns
-    ``(ys, final_state)``. ``cell`` must have a rule (:func:`supports`). ``pieces``: how many
-    consecutive pieces of time run as fused scans of their own (:func:`time_pieces` chooses by
-    default, from the batch size that ``jax.vmap`` maps the call over).
+    ``(ys, final_state)``. ``cell`` must have a rule (:func:`supports`). The sequence runs as
+    consecutive pieces of time, each a fused scan of its own, as many as :func:`time_pieces`
+    chooses for the batch size that ``jax.vmap`` maps the call over.
     """
     rule = rule_for(cell)
     if rule is None:
         raise ValueError(f"{type(cell).__name__} has no fused scan; use fused=False")
     length = xs.shape[0]
-    if pieces is None:
-        pieces = time_pieces(cell, mapped_batch_size(xs), length)
-    pieces = min(pieces, length)
+    pieces = time_pieces(cell, mapped_batch_size(xs), length)
     if pieces == 1:
         return _fused_piece(rule, cell, xs, h0, h_reset, starts, mask, unroll)
     bounds = _piece_bounds(length, pieces)
