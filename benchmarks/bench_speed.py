@@ -51,6 +51,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -344,8 +345,11 @@ class Worker:
     def __init__(self, contender: str, threads: int | None, scan: str, env: dict[str, str]):
         self.contender, self.threads, self.scan, self.env = contender, threads, scan, env
         self.proc = None
+        self.death = None  # why the process that held the current setup ended, if it did
 
     def send(self, **cmd) -> None:
+        if cmd["cmd"] == "setup":
+            self.death = None
         if self.proc is None or self.proc.poll() is not None:
             args = [sys.executable, os.path.abspath(__file__), "--worker", self.contender, "--scan", self.scan]
             if self.threads:
@@ -361,14 +365,23 @@ class Worker:
     def receive(self) -> dict:
         line = self.proc.stdout.readline() if self.proc is not None else ""
         if not line:
-            code = self.proc.wait() if self.proc is not None else None
-            self.proc = None
-            return {"ok": False, "error": f"{self.contender} worker exited with code {code}"}
+            return {"ok": False, "error": self._ended()}
         return json.loads(line)
 
     def ask(self, **cmd) -> dict:
+        """The worker's reply to ``cmd``. A worker that ended after its setup is not started again
+        until the next setup (a fresh one would have nothing set up): it answers why it ended."""
+        if cmd["cmd"] != "setup" and (self.death or (self.proc is not None and self.proc.poll() is not None)):
+            return {"ok": False, "error": self.death or self._ended()}
         self.send(**cmd)
         return self.receive()
+
+    def _ended(self) -> str:
+        code = self.proc.wait() if self.proc is not None else None
+        self.proc = None
+        killed = " (killed by SIGKILL, as the kernel does when memory runs out)" if code == -signal.SIGKILL else ""
+        self.death = f"{self.contender} worker exited with code {code}{killed}"
+        return self.death
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -433,8 +446,9 @@ def run_grid(args) -> list[dict]:
                         reply = workers[c].ask(cmd="time", mode=mode)
                         if reply["ok"]:
                             samples[(c, mode)] += [t * 1e3 for t in reply["seconds"]]
-                        else:
+                        elif c in ready:  # said once; what it measured before stays
                             log(f"  {c} {mode}: {reply['error']}")
+                            ready.remove(c)
             for c in ready:
                 workers[c].ask(cmd="teardown", device=args.device)
             for mode in MODES:
