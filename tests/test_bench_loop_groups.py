@@ -15,7 +15,7 @@ def run(*args):
 
 
 def test_one_row_per_size_with_the_ratio_to_one_group():
-    """Two groups have twice the products and elementwise operations of one in their loop body."""
+    """A row per size; two groups (a product and elementwise work each) give the loop body more operations."""
     done = run("--batch", "4", "--hidden", "8", "--groups", "1,2", "--steps", "5", "--rounds", "1",
                "--min-time", "0.01")
     assert done.returncode == 0, done.stderr
