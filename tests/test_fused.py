@@ -443,3 +443,29 @@ def test_the_batch_that_vmap_maps_chooses_the_pieces(monkeypatch):
     calls.clear()
     jax.make_jaxpr(jax.grad(loss))(cell, xs[0])
     assert calls == [steps]
+
+
+def test_the_chunks_of_a_long_sequence_run_in_pieces_of_the_mapped_batch(monkeypatch):
+    """Inside the chunks' loop (a lax.scan, traced before vmap batches it) the batch cannot be read from
+    vmap; scan reads it outside and hands it on: chunks of 2 PIECE_STEPS steps of a batch of
+    PIECE_MIN_BATCH sequences run as two pieces each, one sequence's chunks as one."""
+    calls = []
+    piece = recurrax.fused._fused_piece
+    monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: calls.append(a[2].shape[0]) or piece(*a, **k))
+    cell, steps = make("lstm"), recurrax.fused.PIECE_STEPS
+    xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, 4 * steps, X))
+    loss = lambda c, x: jnp.sum(recurrax.scan(c, x, chunk_size=2 * steps)[0])  # noqa: E731
+    jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)
+    assert calls and set(calls) == {steps}
+    calls.clear()
+    jax.make_jaxpr(jax.grad(loss))(cell, xs[0])
+    assert calls and set(calls) == {2 * steps}
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_rematerialised_chunks_in_pieces_of_time_equal_plain(monkeypatch, name):
+    """Chunks of 3 steps (and a last one of 1), each cut into two pieces where a batch is mapped:
+    values and gradients of the plain loop, reversed and with starts, masks, initial and reset states."""
+    monkeypatch.setattr(recurrax.fused, "time_pieces",
+                        lambda cell, batch, length, platform=None: 2 if batch and length > 1 else 1)
+    assert_fused_matches_plain(variables(name), ((True, True),), chunk_size=3)

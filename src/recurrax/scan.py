@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from ._batching import mapped_batch_size
 from ._trees import tree_where
 from . import fused as _fused
 from .cells.base import AssociativeCell, Cell
@@ -164,9 +165,12 @@ def scan(
         starts = None if starts is None else jnp.flip(reversed_starts(starts, mask), 0)
         mask = None if mask is None else jnp.flip(mask, 0)
 
+    # The batch that vmap maps this call over, read here: inside the chunks' loop it cannot be.
+    batch = mapped_batch_size(xs) if use_fused else None
+
     def run_chunk(x, s, m, h):
         if use_fused:  # projects the inputs itself
-            return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll)
+            return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll, batch)
         ps = jax.vmap(cell.project)(x)
         if mode == "sequential":
             return _sequential(cell, ps, h, h_reset, s, m, unroll)
