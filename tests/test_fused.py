@@ -445,6 +445,7 @@ def test_the_batch_that_vmap_maps_chooses_the_pieces(monkeypatch):
     assert calls == [steps]
 
 
+@pytest.mark.usefixtures("cpu_choices")
 def test_the_chunks_of_a_long_sequence_run_in_pieces_of_the_mapped_batch(monkeypatch):
     """Inside the chunks' loop (a lax.scan, traced before vmap batches it) the batch cannot be read from
     vmap; scan reads it outside and hands it on: chunks of 2 PIECE_STEPS steps of a batch of
