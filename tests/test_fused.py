@@ -428,39 +428,42 @@ def test_how_many_pieces_of_time():
     assert fused.time_pieces(recurrax.GRU(4, 256, key=jax.random.key(0)), batch, 4 * steps, platform="cpu") == 4
 
 
+@pytest.fixture
+def piece_lengths(monkeypatch):
+    """The lengths of the fused pieces traced from here on, in order."""
+    lengths = []
+    piece = recurrax.fused._fused_piece
+    monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: lengths.append(a[2].shape[0]) or piece(*a, **k))
+    return lengths
+
+
 @pytest.mark.usefixtures("cpu_choices")
-def test_the_batch_that_vmap_maps_chooses_the_pieces(monkeypatch):
+def test_the_batch_that_vmap_maps_chooses_the_pieces(piece_lengths):
     """fused_scan reads the batch size from the vmap around it: a batch of PIECE_MIN_BATCH
     sequences of 2 PIECE_STEPS steps runs as two pieces, one sequence as one."""
-    calls = []
-    piece = recurrax.fused._fused_piece
-    monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: calls.append(a[2].shape[0]) or piece(*a, **k))
     cell, steps = make("gru"), 2 * recurrax.fused.PIECE_STEPS
     xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, steps, X))
     loss = lambda c, x: jnp.sum(recurrax.scan(c, x)[0])  # noqa: E731
     jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)
-    assert calls == [steps // 2, steps // 2]
-    calls.clear()
+    assert piece_lengths == [steps // 2, steps // 2]
+    piece_lengths.clear()
     jax.make_jaxpr(jax.grad(loss))(cell, xs[0])
-    assert calls == [steps]
+    assert piece_lengths == [steps]
 
 
 @pytest.mark.usefixtures("cpu_choices")
-def test_the_chunks_of_a_long_sequence_run_in_pieces_of_the_mapped_batch(monkeypatch):
+def test_the_chunks_of_a_long_sequence_run_in_pieces_of_the_mapped_batch(piece_lengths):
     """Inside the chunks' loop (a lax.scan, traced before vmap batches it) the batch cannot be read from
     vmap; scan reads it outside and hands it on: chunks of 2 PIECE_STEPS steps of a batch of
     PIECE_MIN_BATCH sequences run as two pieces each, one sequence's chunks as one."""
-    calls = []
-    piece = recurrax.fused._fused_piece
-    monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: calls.append(a[2].shape[0]) or piece(*a, **k))
     cell, steps = make("lstm"), recurrax.fused.PIECE_STEPS
     xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, 4 * steps, X))
     loss = lambda c, x: jnp.sum(recurrax.scan(c, x, chunk_size=2 * steps)[0])  # noqa: E731
     jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)
-    assert calls and set(calls) == {steps}
-    calls.clear()
+    assert piece_lengths and set(piece_lengths) == {steps}
+    piece_lengths.clear()
     jax.make_jaxpr(jax.grad(loss))(cell, xs[0])
-    assert calls and set(calls) == {2 * steps}
+    assert piece_lengths and set(piece_lengths) == {2 * steps}
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
