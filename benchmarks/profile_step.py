@@ -13,6 +13,17 @@ so the rows add up to more than the call.
     python benchmarks/profile_step.py --cell lstm --batch 32 --length 200 --hidden 128
     python benchmarks/profile_step.py --cell gru --batch 256 --mode fwd --top 15
     python benchmarks/profile_step.py --cell lstm --malloc retain   # the process keeps freed memory
+    python benchmarks/profile_step.py --cell lstm --malloc retain --timeline   # when each loop ran
+
+``--timeline`` prints, instead of the table, the loops of one call in the order they ran: when each
+started (ms after the call began), how long it took, how long the chain of loops stood idle
+before it, and what XLA's CPU runtime made it wait for. The runtime runs operations that do not
+depend on each other at the same time; an operation depends on another when it reads what the
+other wrote, or when it writes memory that the other reads or writes (XLA reuses the memory of
+values that are dead in its sequential order of the program). The waits are read from the
+runtime's own graph of the program (``--timeline`` has XLA log it, ``TF_CPP_VMODULE``); the last
+column names the operations a loop waited for that compute none of its operands: the loop writes
+memory that they read or write.
 
 It profiles XLA's CPU code, so JAX runs on the CPU here even on a machine with a GPU. Times under
 the profiler run a few percent longer than without it; compare rows within a run.
@@ -32,7 +43,7 @@ import sys
 import tempfile
 import time
 
-_RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "CommonPjRt", "$")
+_RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "CommonPjRt", "ParseArguments", "$")
 
 
 def _parse_args(argv):
@@ -46,6 +57,8 @@ def _parse_args(argv):
     parser.add_argument("--top", type=int, default=25, help="rows to print")
     parser.add_argument("--malloc", choices=("default", "retain"), default="default",
                         help="retain: keep freed memory in this process (recurrax.allocator.retain_freed_memory)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print the loops of a call in the order they ran, with what each waited for")
     args = parser.parse_args(argv)
     for name in ("batch", "length", "hidden", "calls", "top"):
         if getattr(args, name) < 1:
@@ -82,9 +95,104 @@ def _thunk_times(trace_dir: str, calls: int) -> tuple[dict[str, float], dict[str
     return ({n: t / calls / 1e3 for n, t in micros.items()}, {n: c / calls for n, c in counts.items()})
 
 
-def main(argv=None) -> None:
-    args = _parse_args(argv)
-    os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: the events read are XLA's CPU runtime's
+_GRAPH_LINE = re.compile(r"thunk #\d+: op_name=([^,]+), kind=[\w-]+, dependencies=\[([^\]]*)\]")
+_CALL_GAP_US = 20_000  # the profiled calls of --timeline run this far apart (microseconds)
+
+
+def _with_stderr_captured(run):
+    """``(run(), what was written to file descriptor 2 meanwhile)``: XLA logs in C++, past ``sys.stderr``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            result = run()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return result, log.read().decode(errors="replace")
+
+
+def _waits(graph_log: str) -> dict[str, list[str]]:
+    """Operation -> the operations XLA's CPU runtime runs it after (its graph, logged at level 6)."""
+    return {m.group(1): [d.strip() for d in m.group(2).split(",") if d.strip()]
+            for m in _GRAPH_LINE.finditer(graph_log)}
+
+
+def _operand_producers(hlo_text: str, name: str) -> set[str]:
+    """The instructions whose results reach ``name`` as operands, through tuples, their elements
+    and bitcasts (which run no code of their own)."""
+    operands = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\b([\w-]+)\((.*?)\)(?:, |$)", line)
+        if match:
+            operands[match.group(1)] = (match.group(2), re.findall(r"%([\w.\-]+)", match.group(3)))
+    producers, todo = set(), list(operands.get(name, ("", []))[1])
+    while todo:
+        current = todo.pop()
+        opcode, inputs = operands.get(current, ("", []))
+        if opcode in ("tuple", "get-tuple-element", "bitcast"):
+            todo.extend(inputs)
+        else:
+            producers.add(current)
+    return producers
+
+
+def _loop_timeline(trace_dir: str) -> list[list[tuple[str, float, float]]]:
+    """Per profiled call, its outermost loops as (name, start, duration), ms from the call's start."""
+    (path,) = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    thunks = sorted((e for e in events if e.get("ph") == "X" and not e["name"].startswith(_RUNTIME_EVENTS)),
+                    key=lambda e: e["ts"])
+    calls, busy_until = [], None
+    for event in thunks:  # the calls ran _CALL_GAP_US apart: a longer pause starts the next call
+        if busy_until is None or event["ts"] > busy_until + _CALL_GAP_US / 2:
+            calls.append([])
+        calls[-1].append(event)
+        busy_until = max(busy_until or 0, event["ts"] + event.get("dur", 0))
+    timelines = []
+    for call in calls:
+        start = call[0]["ts"]
+        loops = [e for e in call if e["name"].startswith("while")]
+        outer = [e for e in loops if not any(o is not e and o["tid"] == e["tid"] and o["ts"] <= e["ts"]
+                                              and e["ts"] + e["dur"] <= o["ts"] + o["dur"] for o in loops)]
+        end = max(e["ts"] + e.get("dur", 0) for e in call)
+        timelines.append([(e["name"], (e["ts"] - start) / 1e3, e["dur"] / 1e3) for e in outer]
+                         + [("", (end - start) / 1e3, 0.0)])
+    return timelines
+
+
+def _print_timeline(timelines, waits: dict[str, list[str]], hlo_text: str, described: dict[str, str]) -> None:
+    """The loops in the order they ran (medians over the calls), with the idle time of the chain of
+    loops before each and the operations it waited for that compute none of its operands."""
+    per_loop = collections.defaultdict(list)
+    for timeline in timelines:
+        for name, start, duration in timeline:
+            per_loop[name].append((start, duration))
+    rows = sorted(((statistics.median(s for s, _ in v), statistics.median(d for _, d in v), name)
+                   for name, v in per_loop.items()))
+    call_ms = rows[-1][0]
+    loops = rows[:-1]
+    print(f"under the profiler: {call_ms:.2f} ms per call, {sum(d for _, d, _ in loops):.2f} ms of it in "
+          f"{len(loops)} loops (medians of {len(timelines)} calls)")
+    print(f"{'start':>8} {'ms':>7} {'idle':>7}  loop  (source); waits for, through shared memory")
+    chain_free = 0.0
+    for start, duration, name in loops:
+        idle = max(0.0, start - chain_free)
+        producers = _operand_producers(hlo_text, name)
+        shared = [w for w in waits.get(name, []) if w not in producers]
+        source = described.get(name, "").split(", ", 1)[-1]
+        waited = ", ".join(f"{w} ({described.get(w, '')})" for w in shared)
+        print(f"{start:8.2f} {duration:7.2f} {idle:7.2f}  {name}  ({source})" + (f"; {waited}" if shared else ""))
+        chain_free = max(chain_free, start + duration)
+    print(f"{call_ms:8.2f} {'':7} {max(0.0, call_ms - chain_free):7.2f}  (end of the call)")
+
+
+def _profile(args) -> dict:
+    """Compile the step, time ``args.calls`` calls, then profile as many; what ``main`` prints."""
     if args.malloc == "retain":
         import recurrax.allocator
 
@@ -120,13 +228,40 @@ def main(argv=None) -> None:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for _ in range(args.calls):
                 jax.block_until_ready(compiled(layer, xs))
+                if args.timeline:
+                    time.sleep(_CALL_GAP_US / 1e6)
         per_call, counts = _thunk_times(trace_dir, args.calls)
-    described = _instructions(compiled.as_text())
-    print(f"{type(cell).__name__} {args.mode}, B={args.batch} T={args.length} H={args.hidden}, malloc {args.malloc}: "
-          f"{statistics.median(wall) * 1e3:.2f} ms per call without the profiler (median of {args.calls})")
+        timelines = _loop_timeline(trace_dir) if args.timeline else None
+    return {"cell": type(cell).__name__, "wall": wall, "per_call": per_call, "counts": counts,
+            "timelines": timelines, "hlo_text": compiled.as_text()}
+
+
+def _logged_lines_to_keep(log: str) -> str:
+    """What XLA and the rest wrote to stderr under ``--timeline``, less its informational lines
+    (glog's ``I`` lines and the graphs they print): warnings, errors and Python's own output."""
+    informational = re.compile(r"^(I\d{4} |ThunkExecutor: #thunks| thunk #\d+:|\s*$)")
+    return "".join(line for line in log.splitlines(keepends=True) if not informational.match(line))
+
+
+def main(argv=None) -> None:
+    args = _parse_args(argv)
+    os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: the events read are XLA's CPU runtime's
+    if args.timeline:  # XLA's CPU runtime logs the graph it runs a program by when it builds it
+        os.environ["TF_CPP_VMODULE"] = "thunk_executor=6"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        result, log = _with_stderr_captured(lambda: _profile(args))
+        sys.stderr.write(_logged_lines_to_keep(log))
+    else:
+        result = _profile(args)
+    described = _instructions(result["hlo_text"])
+    print(f"{result['cell']} {args.mode}, B={args.batch} T={args.length} H={args.hidden}, malloc {args.malloc}: "
+          f"{statistics.median(result['wall']) * 1e3:.2f} ms per call without the profiler (median of {args.calls})")
+    if args.timeline:
+        _print_timeline(result["timelines"], _waits(log), result["hlo_text"], described)
+        return
     print(f"{'ms/call':>9} {'runs/call':>9}  operation  (shape, source)")
-    for name, ms in sorted(per_call.items(), key=lambda item: -item[1])[: args.top]:
-        print(f"{ms:9.3f} {counts[name]:9.0f}  {name}  ({described.get(name, '')})")
+    for name, ms in sorted(result["per_call"].items(), key=lambda item: -item[1])[: args.top]:
+        print(f"{ms:9.3f} {result['counts'][name]:9.0f}  {name}  ({described.get(name, '')})")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ import sys
 
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+
+import profile_step  # noqa: E402
+
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "profile_step.py")
 
 
@@ -29,3 +33,52 @@ def test_lists_the_loop_steps_operations_once_per_step():
 def test_bad_arguments_are_named(args, message):
     done = run(*args)
     assert done.returncode != 0 and message in done.stderr
+
+
+def test_timeline_lists_the_forward_and_backward_loops_in_the_order_they_ran():
+    """A GRU training step over 7 steps (one piece): its forward loop, then its backward loop."""
+    done = run("--cell", "gru", "--batch", "2", "--length", "7", "--hidden", "8", "--calls", "2", "--timeline")
+    assert done.returncode == 0, done.stderr
+    assert "thunk #" not in done.stderr and not re.search(r"^I\d{4} ", done.stderr, re.M)  # XLA's log is read
+    rows = [line.split() for line in done.stdout.splitlines() if "while." in line]
+    assert len(rows) == 2 and "jvp(vmap(vmap()))/while)" in rows[0][-1] and "transpose(" in rows[1][-1]
+    starts = [float(row[0]) for row in rows]
+    assert starts[0] < starts[1]
+    end = float(done.stdout.splitlines()[-1].split()[0])
+    assert "(end of the call)" in done.stdout and end >= starts[1] + float(rows[1][1])
+
+
+HLO = """
+  %x = f32[4]{0} parameter(0)
+  %copy.1 = f32[4]{0} copy(%x)
+  %dot.2 = f32[4]{0} fusion(%x), kind=kCustom, calls=%f
+  %tuple.3 = (f32[4]{0}, f32[4]{0}) tuple(%copy.1, %x)
+  %while.4 = (f32[4]{0}, f32[4]{0}) while(%tuple.3), condition=%c, body=%b
+  %get-tuple-element.5 = f32[4]{0} get-tuple-element(%while.4), index=0
+  %tuple.6 = (f32[4]{0}, f32[4]{0}) tuple(%get-tuple-element.5, %x)
+  %while.7 = (f32[4]{0}, f32[4]{0}) while(%tuple.6), condition=%c, body=%b
+"""
+
+GRAPH_LOG = """I1127 08:04:35.313178   32022 thunk_executor.cc:163] Constructed ThunkExecutor with 4 thunks
+ thunk #00000: op_name=copy.1, kind=copy, dependencies=[], source=true, sink=false, priority=2
+ thunk #00001: op_name=dot.2, kind=ynn-fusion, dependencies=[], source=true, sink=false, priority=1
+ thunk #00002: op_name=while.4, kind=while, dependencies=[copy.1], source=false, sink=false, priority=1
+ thunk #00003: op_name=while.7, kind=while, dependencies=[while.4, dot.2], source=false, sink=true, priority=0
+"""
+
+
+def test_timeline_names_the_waits_that_no_operand_explains(capsys):
+    """while.7 waits for while.4, whose result it reads, and for dot.2, which computes none of its
+    operands: only dot.2 is named; the idle times follow the loops' starts and ends."""
+    assert profile_step._operand_producers(HLO, "while.7") == {"while.4", "x"}
+    assert profile_step._waits(GRAPH_LOG) == {"copy.1": [], "dot.2": [], "while.4": ["copy.1"],
+                                              "while.7": ["while.4", "dot.2"]}
+    timelines = [[("while.4", 1.0, 2.0), ("while.7", 4.0, 1.0), ("", 6.0, 0.0)],
+                 [("while.4", 1.2, 2.0), ("while.7", 4.2, 1.0), ("", 6.2, 0.0)]]
+    profile_step._print_timeline(timelines, profile_step._waits(GRAPH_LOG), HLO, {"dot.2": "f32[4]{0}, a product"})
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 loops (medians of 2 calls)" in lines[0]
+    first, second, end = lines[2:]
+    assert first.split()[:3] == ["1.10", "2.00", "1.10"] and "; " not in first
+    assert second.split()[:3] == ["4.10", "1.00", "1.00"] and second.endswith("; dot.2 (f32[4]{0}, a product)")
+    assert end.split()[:2] == ["6.10", "1.00"] and "while.4 (" not in second
