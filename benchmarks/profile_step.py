@@ -139,8 +139,38 @@ def _operand_producers(hlo_text: str, name: str) -> set[str]:
     return producers
 
 
-def _loop_timeline(trace_dir: str) -> list[list[tuple[str, float, float]]]:
-    """Per profiled call, its outermost loops as (name, start, duration), ms from the call's start."""
+def _loop_bodies(hlo_text: str) -> dict[str, set[str]]:
+    """While instruction -> the instructions of its condition and body (and of loops within them)."""
+    computations, current, loops = {}, None, {}
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$", line)
+        if header:
+            current = computations.setdefault(header.group(1), set())
+            continue
+        instruction = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = ", line)
+        if instruction and current is not None:
+            current.add(instruction.group(1))
+            parts = re.findall(r"\b(?:condition|body)=%([\w.\-]+)", line)
+            if parts:
+                loops[instruction.group(1)] = parts
+
+    def inside(loop, seen=()):
+        names = set()
+        for computation in loops[loop]:
+            for name in computations.get(computation, ()):
+                names.add(name)
+                if name in loops and name not in seen:
+                    names |= inside(name, seen + (loop,))
+        return names
+
+    return {loop: inside(loop) for loop in loops}
+
+
+def _loop_timeline(trace_dir: str, bodies: dict[str, set[str]]) -> list[list[tuple[str, float, float]]]:
+    """Per profiled call, its outermost loops as (name, start, duration), ms from the call's start.
+
+    A loop lasts from its start to the end of the last operation of its body: a body that runs
+    its operations concurrently returns from the loop's own event before they are done."""
     (path,) = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
     with gzip.open(path) as f:
         trace = json.load(f)
@@ -153,15 +183,18 @@ def _loop_timeline(trace_dir: str) -> list[list[tuple[str, float, float]]]:
             calls.append([])
         calls[-1].append(event)
         busy_until = max(busy_until or 0, event["ts"] + event.get("dur", 0))
+    nested = set().union(*bodies.values()) if bodies else set()
     timelines = []
     for call in calls:
         start = call[0]["ts"]
-        loops = [e for e in call if e["name"].startswith("while")]
-        outer = [e for e in loops if not any(o is not e and o["tid"] == e["tid"] and o["ts"] <= e["ts"]
-                                              and e["ts"] + e["dur"] <= o["ts"] + o["dur"] for o in loops)]
+        timeline = []
+        for loop in (e for e in call if e["name"] in bodies and e["name"] not in nested):
+            body = bodies[loop["name"]]
+            end = max([loop["ts"] + loop["dur"]] + [e["ts"] + e.get("dur", 0) for e in call
+                                                   if e["name"] in body and e["ts"] >= loop["ts"]])
+            timeline.append((loop["name"], (loop["ts"] - start) / 1e3, (end - loop["ts"]) / 1e3))
         end = max(e["ts"] + e.get("dur", 0) for e in call)
-        timelines.append([(e["name"], (e["ts"] - start) / 1e3, e["dur"] / 1e3) for e in outer]
-                         + [("", (end - start) / 1e3, 0.0)])
+        timelines.append(timeline + [("", (end - start) / 1e3, 0.0)])
     return timelines
 
 
@@ -231,7 +264,7 @@ def _profile(args) -> dict:
                 if args.timeline:
                     time.sleep(_CALL_GAP_US / 1e6)
         per_call, counts = _thunk_times(trace_dir, args.calls)
-        timelines = _loop_timeline(trace_dir) if args.timeline else None
+        timelines = _loop_timeline(trace_dir, _loop_bodies(compiled.as_text())) if args.timeline else None
     return {"cell": type(cell).__name__, "wall": wall, "per_call": per_call, "counts": counts,
             "timelines": timelines, "hlo_text": compiled.as_text()}
 

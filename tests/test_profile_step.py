@@ -1,5 +1,7 @@
 """``benchmarks/profile_step.py``: the per-operation profile of a compiled step."""
 
+import gzip
+import json
 import os
 import re
 import subprocess
@@ -82,3 +84,48 @@ def test_timeline_names_the_waits_that_no_operand_explains(capsys):
     assert first.split()[:3] == ["1.10", "2.00", "1.10"] and "; " not in first
     assert second.split()[:3] == ["4.10", "1.00", "1.00"] and second.endswith("; dot.2 (f32[4]{0}, a product)")
     assert end.split()[:2] == ["6.10", "1.00"] and "while.4 (" not in second
+
+
+LOOPS_HLO = """
+%body.1 (p: (s32[])) -> (s32[]) {
+  %add.2 = s32[] add(%p, %p)
+  ROOT %while.3 = (s32[]) while(%t), condition=%cond.1, body=%inner.1
+}
+
+%inner.1 (q: (s32[])) -> (s32[]) {
+  ROOT %mul.4 = s32[] multiply(%q, %q)
+}
+
+%cond.1 (r: (s32[])) -> pred[] {
+  ROOT %lt.5 = pred[] compare(%r, %r), direction=LT
+}
+
+ENTRY %main.6 (x: s32[]) -> (s32[]) {
+  %tuple.7 = (s32[]) tuple(%x)
+  ROOT %while.8 = (s32[]) while(%tuple.7), condition=%cond.1, body=%body.1
+}
+"""
+
+
+def test_a_loop_lasts_until_the_last_operation_of_its_body(tmp_path):
+    """A loop whose body runs concurrently returns from its own event early: it lasts until its
+    body's last operation (also one of a loop inside it). Calls further apart than the profiled
+    calls' gap are told apart; a loop inside another is not listed on its own."""
+    bodies = profile_step._loop_bodies(LOOPS_HLO)
+    assert bodies["while.8"] == {"add.2", "while.3", "mul.4", "lt.5"} and bodies["while.3"] == {"mul.4", "lt.5"}
+    gap = profile_step._CALL_GAP_US
+
+    def call(t0):  # microseconds
+        return [{"ph": "X", "name": "copy.9", "ts": t0, "dur": 100, "tid": 1},
+                {"ph": "X", "name": "while.8", "ts": t0 + 200, "dur": 10, "tid": 1},
+                {"ph": "X", "name": "add.2", "ts": t0 + 300, "dur": 100, "tid": 2},
+                {"ph": "X", "name": "while.3", "ts": t0 + 400, "dur": 500, "tid": 2},
+                {"ph": "X", "name": "mul.4", "ts": t0 + 500, "dur": 700, "tid": 1},
+                {"ph": "X", "name": "ThunkExecutor::Execute", "ts": t0, "dur": 5 * gap, "tid": 3}]
+
+    folder = tmp_path / "plugins" / "profile" / "run"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": call(1000) + call(1000 + 2 * gap)}, f)
+    timelines = profile_step._loop_timeline(str(tmp_path), bodies)
+    assert timelines == [[("while.8", 0.2, 1.0), ("", 1.2, 0.0)]] * 2
