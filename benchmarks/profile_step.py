@@ -81,17 +81,22 @@ def _instructions(hlo_text: str) -> dict[str, str]:
     return described
 
 
-def _thunk_times(trace_dir: str, calls: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(milliseconds per call, executions per call) of each operation in the profile's trace."""
+def _operation_events(trace_dir: str) -> list[dict]:
+    """The profile's events of the operations XLA's CPU runtime executed, in the order they began."""
     (path,) = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
     with gzip.open(path) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return sorted((e for e in events if e.get("ph") == "X" and not e["name"].startswith(_RUNTIME_EVENTS)),
+                  key=lambda e: e["ts"])
+
+
+def _thunk_times(events: list[dict], calls: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(milliseconds per call, executions per call) of each operation in the profile's events."""
     micros, counts = collections.defaultdict(float), collections.Counter()
     for event in events:
-        if event.get("ph") == "X" and not event["name"].startswith(_RUNTIME_EVENTS):
-            micros[event["name"]] += event.get("dur", 0)
-            counts[event["name"]] += 1
+        micros[event["name"]] += event.get("dur", 0)
+        counts[event["name"]] += 1
     return ({n: t / calls / 1e3 for n, t in micros.items()}, {n: c / calls for n, c in counts.items()})
 
 
@@ -120,39 +125,26 @@ def _waits(graph_log: str) -> dict[str, list[str]]:
             for m in _GRAPH_LINE.finditer(graph_log)}
 
 
-def _operand_producers(hlo_text: str, name: str) -> set[str]:
-    """The instructions whose results reach ``name`` as operands, through tuples, their elements
-    and bitcasts (which run no code of their own)."""
-    operands = {}
-    for line in hlo_text.splitlines():
-        match = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\b([\w-]+)\((.*?)\)(?:, |$)", line)
-        if match:
-            operands[match.group(1)] = (match.group(2), re.findall(r"%([\w.\-]+)", match.group(3)))
-    producers, todo = set(), list(operands.get(name, ("", []))[1])
-    while todo:
-        current = todo.pop()
-        opcode, inputs = operands.get(current, ("", []))
-        if opcode in ("tuple", "get-tuple-element", "bitcast"):
-            todo.extend(inputs)
-        else:
-            producers.add(current)
-    return producers
-
-
-def _loop_bodies(hlo_text: str) -> dict[str, set[str]]:
-    """While instruction -> the instructions of its condition and body (and of loops within them)."""
-    computations, current, loops = {}, None, {}
+def _hlo_graph(hlo_text: str) -> tuple[dict[str, tuple[str, list[str]]], dict[str, set[str]]]:
+    """From an optimised HLO module's text: instruction -> (opcode, operands), and while
+    instruction -> the instructions of its condition and body (and of the loops within them)."""
+    instructions, computations, current, loops = {}, {}, None, {}
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$", line)
         if header:
             current = computations.setdefault(header.group(1), set())
             continue
         instruction = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = ", line)
-        if instruction and current is not None:
-            current.add(instruction.group(1))
-            parts = re.findall(r"\b(?:condition|body)=%([\w.\-]+)", line)
-            if parts:
-                loops[instruction.group(1)] = parts
+        if not instruction or current is None:
+            continue
+        name = instruction.group(1)
+        current.add(name)
+        operation = re.match(r".*?\b([\w-]+)\((.*?)\)(?:, |$)", line[instruction.end():])
+        if operation:
+            instructions[name] = (operation.group(1), re.findall(r"%([\w.\-]+)", operation.group(2)))
+        parts = re.findall(r"\b(?:condition|body)=%([\w.\-]+)", line)
+        if parts:
+            loops[name] = parts
 
     def inside(loop, seen=()):
         names = set()
@@ -163,22 +155,30 @@ def _loop_bodies(hlo_text: str) -> dict[str, set[str]]:
                     names |= inside(name, seen + (loop,))
         return names
 
-    return {loop: inside(loop) for loop in loops}
+    return instructions, {loop: inside(loop) for loop in loops}
 
 
-def _loop_timeline(trace_dir: str, bodies: dict[str, set[str]]) -> list[list[tuple[str, float, float]]]:
+def _operand_producers(instructions: dict[str, tuple[str, list[str]]], name: str) -> set[str]:
+    """The instructions whose results reach ``name`` as operands, through tuples, their elements
+    and bitcasts (which run no code of their own)."""
+    producers, todo = set(), list(instructions.get(name, ("", []))[1])
+    while todo:
+        current = todo.pop()
+        opcode, inputs = instructions.get(current, ("", []))
+        if opcode in ("tuple", "get-tuple-element", "bitcast"):
+            todo.extend(inputs)
+        else:
+            producers.add(current)
+    return producers
+
+
+def _loop_timeline(events: list[dict], bodies: dict[str, set[str]]) -> list[list[tuple[str, float, float]]]:
     """Per profiled call, its outermost loops as (name, start, duration), ms from the call's start.
 
     A loop lasts from its start to the end of the last operation of its body: a body that runs
     its operations concurrently returns from the loop's own event before they are done."""
-    (path,) = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
-    with gzip.open(path) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    thunks = sorted((e for e in events if e.get("ph") == "X" and not e["name"].startswith(_RUNTIME_EVENTS)),
-                    key=lambda e: e["ts"])
     calls, busy_until = [], None
-    for event in thunks:  # the calls ran _CALL_GAP_US apart: a longer pause starts the next call
+    for event in events:  # the calls ran _CALL_GAP_US apart: a longer pause starts the next call
         if busy_until is None or event["ts"] > busy_until + _CALL_GAP_US / 2:
             calls.append([])
         calls[-1].append(event)
@@ -198,7 +198,8 @@ def _loop_timeline(trace_dir: str, bodies: dict[str, set[str]]) -> list[list[tup
     return timelines
 
 
-def _print_timeline(timelines, waits: dict[str, list[str]], hlo_text: str, described: dict[str, str]) -> None:
+def _print_timeline(timelines, waits: dict[str, list[str]], instructions: dict[str, tuple[str, list[str]]],
+                    described: dict[str, str]) -> None:
     """The loops in the order they ran (medians over the calls), with the idle time of the chain of
     loops before each and the operations it waited for that compute none of its operands."""
     per_loop = collections.defaultdict(list)
@@ -215,7 +216,7 @@ def _print_timeline(timelines, waits: dict[str, list[str]], hlo_text: str, descr
     chain_free = 0.0
     for start, duration, name in loops:
         idle = max(0.0, start - chain_free)
-        producers = _operand_producers(hlo_text, name)
+        producers = _operand_producers(instructions, name)
         shared = [w for w in waits.get(name, []) if w not in producers]
         source = described.get(name, "").split(", ", 1)[-1]
         waited = ", ".join(f"{w} ({described.get(w, '')})" for w in shared)
@@ -263,10 +264,8 @@ def _profile(args) -> dict:
                 jax.block_until_ready(compiled(layer, xs))
                 if args.timeline:
                     time.sleep(_CALL_GAP_US / 1e6)
-        per_call, counts = _thunk_times(trace_dir, args.calls)
-        timelines = _loop_timeline(trace_dir, _loop_bodies(compiled.as_text())) if args.timeline else None
-    return {"cell": type(cell).__name__, "wall": wall, "per_call": per_call, "counts": counts,
-            "timelines": timelines, "hlo_text": compiled.as_text()}
+        events = _operation_events(trace_dir)
+    return {"cell": type(cell).__name__, "wall": wall, "events": events, "hlo_text": compiled.as_text()}
 
 
 def _logged_lines_to_keep(log: str) -> str:
@@ -290,11 +289,13 @@ def main(argv=None) -> None:
     print(f"{result['cell']} {args.mode}, B={args.batch} T={args.length} H={args.hidden}, malloc {args.malloc}: "
           f"{statistics.median(result['wall']) * 1e3:.2f} ms per call without the profiler (median of {args.calls})")
     if args.timeline:
-        _print_timeline(result["timelines"], _waits(log), result["hlo_text"], described)
+        instructions, bodies = _hlo_graph(result["hlo_text"])
+        _print_timeline(_loop_timeline(result["events"], bodies), _waits(log), instructions, described)
         return
+    per_call, counts = _thunk_times(result["events"], args.calls)
     print(f"{'ms/call':>9} {'runs/call':>9}  operation  (shape, source)")
-    for name, ms in sorted(result["per_call"].items(), key=lambda item: -item[1])[: args.top]:
-        print(f"{ms:9.3f} {result['counts'][name]:9.0f}  {name}  ({described.get(name, '')})")
+    for name, ms in sorted(per_call.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"{ms:9.3f} {counts[name]:9.0f}  {name}  ({described.get(name, '')})")
 
 
 if __name__ == "__main__":

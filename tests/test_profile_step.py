@@ -51,6 +51,7 @@ def test_timeline_lists_the_forward_and_backward_loops_in_the_order_they_ran():
 
 
 HLO = """
+ENTRY %main.0 (x: f32[4]) -> (f32[4]{0}, f32[4]{0}) {
   %x = f32[4]{0} parameter(0)
   %copy.1 = f32[4]{0} copy(%x)
   %dot.2 = f32[4]{0} fusion(%x), kind=kCustom, calls=%f
@@ -58,7 +59,8 @@ HLO = """
   %while.4 = (f32[4]{0}, f32[4]{0}) while(%tuple.3), condition=%c, body=%b
   %get-tuple-element.5 = f32[4]{0} get-tuple-element(%while.4), index=0
   %tuple.6 = (f32[4]{0}, f32[4]{0}) tuple(%get-tuple-element.5, %x)
-  %while.7 = (f32[4]{0}, f32[4]{0}) while(%tuple.6), condition=%c, body=%b
+  ROOT %while.7 = (f32[4]{0}, f32[4]{0}) while(%tuple.6), condition=%c, body=%b
+}
 """
 
 GRAPH_LOG = """I1127 08:04:35.313178   32022 thunk_executor.cc:163] Constructed ThunkExecutor with 4 thunks
@@ -72,12 +74,14 @@ GRAPH_LOG = """I1127 08:04:35.313178   32022 thunk_executor.cc:163] Constructed 
 def test_timeline_names_the_waits_that_no_operand_explains(capsys):
     """while.7 waits for while.4, whose result it reads, and for dot.2, which computes none of its
     operands: only dot.2 is named; the idle times follow the loops' starts and ends."""
-    assert profile_step._operand_producers(HLO, "while.7") == {"while.4", "x"}
+    instructions, _ = profile_step._hlo_graph(HLO)
+    assert profile_step._operand_producers(instructions, "while.7") == {"while.4", "x"}
     assert profile_step._waits(GRAPH_LOG) == {"copy.1": [], "dot.2": [], "while.4": ["copy.1"],
                                               "while.7": ["while.4", "dot.2"]}
     timelines = [[("while.4", 1.0, 2.0), ("while.7", 4.0, 1.0), ("", 6.0, 0.0)],
                  [("while.4", 1.2, 2.0), ("while.7", 4.2, 1.0), ("", 6.2, 0.0)]]
-    profile_step._print_timeline(timelines, profile_step._waits(GRAPH_LOG), HLO, {"dot.2": "f32[4]{0}, a product"})
+    profile_step._print_timeline(timelines, profile_step._waits(GRAPH_LOG), instructions,
+                                 {"dot.2": "f32[4]{0}, a product"})
     lines = capsys.readouterr().out.splitlines()
     assert "2 loops (medians of 2 calls)" in lines[0]
     first, second, end = lines[2:]
@@ -111,7 +115,7 @@ def test_a_loop_lasts_until_the_last_operation_of_its_body(tmp_path):
     """A loop whose body runs concurrently returns from its own event early: it lasts until its
     body's last operation (also one of a loop inside it). Calls further apart than the profiled
     calls' gap are told apart; a loop inside another is not listed on its own."""
-    bodies = profile_step._loop_bodies(LOOPS_HLO)
+    _, bodies = profile_step._hlo_graph(LOOPS_HLO)
     assert bodies["while.8"] == {"add.2", "while.3", "mul.4", "lt.5"} and bodies["while.3"] == {"mul.4", "lt.5"}
     gap = profile_step._CALL_GAP_US
 
@@ -127,5 +131,7 @@ def test_a_loop_lasts_until_the_last_operation_of_its_body(tmp_path):
     folder.mkdir(parents=True)
     with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
         json.dump({"traceEvents": call(1000) + call(1000 + 2 * gap)}, f)
-    timelines = profile_step._loop_timeline(str(tmp_path), bodies)
+    events = profile_step._operation_events(str(tmp_path))
+    assert "ThunkExecutor::Execute" not in {e["name"] for e in events}
+    timelines = profile_step._loop_timeline(events, bodies)
     assert timelines == [[("while.8", 0.2, 1.0), ("", 1.2, 0.0)]] * 2
