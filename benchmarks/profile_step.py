@@ -183,7 +183,7 @@ def _loop_timeline(events: list[dict], bodies: dict[str, set[str]]) -> list[list
             calls.append([])
         calls[-1].append(event)
         busy_until = max(busy_until or 0, event["ts"] + event.get("dur", 0))
-    nested = set().union(*bodies.values()) if bodies else set()
+    nested = set().union(*bodies.values())
     timelines = []
     for call in calls:
         start = call[0]["ts"]
