@@ -402,12 +402,12 @@ def test_lstm_writes_its_gates_over_the_hoisted_projections(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["elman", "forget-elman", "gru", "lstm"])
-def test_a_sequence_cut_into_pieces_of_time_equals_plain(monkeypatch, name):
-    """Three pieces of 2, 3 and 2 steps (:func:`recurrax.fused.time_pieces`), each a fused scan of
+def test_a_sequence_cut_into_pieces_of_time_equals_plain(name):
+    """Three pieces of 2, 3 and 2 steps (:func:`recurrax.fused.pieces`), each a fused scan of
     its own, the state carried: values and gradients of the plain loop, reversed and with starts,
     masks, initial and reset states."""
-    monkeypatch.setattr(recurrax.fused, "time_pieces", lambda *args, **kwargs: 3)
-    assert_fused_matches_plain(variables(name), ((True, True), (False, False)))
+    with recurrax.fused.pieces(3):
+        assert_fused_matches_plain(variables(name), ((True, True), (False, False)))
 
 
 def test_how_many_pieces_of_time():
@@ -435,6 +435,46 @@ def piece_lengths(monkeypatch):
     piece = recurrax.fused._fused_piece
     monkeypatch.setattr(recurrax.fused, "_fused_piece", lambda *a, **k: lengths.append(a[2].shape[0]) or piece(*a, **k))
     return lengths
+
+
+def test_pieces_set_by_the_user_replace_the_choice_while_tracing(piece_lengths):
+    """``recurrax.fused.pieces(n)`` gives every trace inside it n pieces (one sequence too, which
+    gets one by itself), at most one a step; ``None`` and the block's end restore the choice."""
+    cell, fused = make("lstm"), recurrax.fused
+    xs = jnp.zeros((7, X))
+    trace = lambda: jax.make_jaxpr(jax.grad(lambda c: jnp.sum(recurrax.scan(c, xs)[0])))(cell)  # noqa: E731
+    with fused.pieces(3):
+        trace()
+        assert piece_lengths == [2, 3, 2]
+        assert fused.time_pieces(cell, None, 2, platform="gpu") == 2  # every platform, at most a piece a step
+        with fused.pieces(None):
+            assert fused.time_pieces(cell, None, 7) == 1
+        assert fused.time_pieces(cell, None, 7) == 3
+    piece_lengths.clear()
+    trace()
+    assert piece_lengths == [7]
+
+
+def test_the_switches_trace_again_a_function_jitted_before(piece_lengths):
+    """jax.jit caches a function's trace; ``disabled()`` and ``pieces(n)`` are part of its key, so
+    the same function jitted again under them is traced again (the plain loop; n pieces), and
+    after the block the first trace serves again."""
+    cell, xs = make("gru"), jnp.zeros((7, X))
+    loss = lambda c, x: jnp.sum(recurrax.scan(c, x)[0])  # noqa: E731
+    runs_fused = lambda: "custom_vjp" in str(jax.jit(loss).trace(cell, xs).jaxpr)  # noqa: E731
+    assert runs_fused() and piece_lengths == [7]
+    with recurrax.fused.disabled():
+        assert not runs_fused()
+    with recurrax.fused.pieces(3):
+        assert runs_fused() and piece_lengths == [7, 2, 3, 2]
+    assert runs_fused() and piece_lengths == [7, 2, 3, 2]
+
+
+@pytest.mark.parametrize("count, error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_pieces_must_be_a_positive_integer(count, error):
+    with pytest.raises(error, match="pieces must be a positive integer"):
+        with recurrax.fused.pieces(count):
+            pass
 
 
 @pytest.mark.usefixtures("cpu_choices")

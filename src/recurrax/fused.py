@@ -62,7 +62,6 @@ the plain loop there.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import itertools
 from typing import Callable, Iterator, NamedTuple
@@ -70,6 +69,7 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _checks
 from ._batching import mapped_batch_size
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
 from ._trees import tree_where
@@ -399,20 +399,24 @@ def supports(cell: Cell) -> bool:
     return rule_for(cell) is not None
 
 
-_ENABLED = contextvars.ContextVar("recurrax_fused_enabled", default=True)
+# The switches below are read while tracing; as JAX user contexts they are part of jax.jit's cache
+# key, so a function traced under one setting is traced again under another, not served from the cache.
+_ENABLED = jax.make_user_context(default_value=True)
+_PIECES = jax.make_user_context(default_value=None)
 
 
 def enabled() -> bool:
     """Whether ``scan(..., fused=None)`` (the default, and every layer) takes the fused path."""
-    return _ENABLED.get()
+    return _ENABLED.value
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
     """Within this block, scans *traced* here run the plain loop (e.g. for ``jax.jvp`` or Hessians).
 
-    The switch acts when a function is traced: a function jitted and compiled before keeps the path
-    it was compiled with (``jax.jit`` does not retrace on it).
+    The switch acts when a function is traced, and ``jax.jit`` traces a function again when the
+    switch differs from the time it last traced it; a compiled function (``.lower(...).compile()``)
+    keeps the path it was compiled with.
 
     >>> import jax, recurrax, recurrax.fused
     >>> layer = recurrax.Recurrent(recurrax.GRU(2, 3, key=jax.random.key(0)))
@@ -421,11 +425,33 @@ def disabled() -> Iterator[None]:
     >>> tangent.shape
     (4, 3)
     """
-    token = _ENABLED.set(False)
-    try:
+    with _ENABLED(False):
         yield
-    finally:
-        _ENABLED.reset(token)
+
+
+@contextlib.contextmanager
+def pieces(count: int | None) -> Iterator[None]:
+    """Within this block, fused scans *traced* here cut each sequence into ``count`` pieces of time
+    (fewer where it has fewer steps; one runs it whole) instead of the number :func:`time_pieces`
+    chooses; ``None`` restores that choice.
+
+    The count :func:`time_pieces` chooses was measured on a 2-core CPU, and what a count gains there
+    depends on the cell and on where XLA puts memory; on another machine (more cores, other
+    caches) another count may pay. Measure it (``benchmarks/bench_pieces.py``) before setting
+    it. Like :func:`disabled`, the setting acts when a function is traced (``jax.jit``
+    traces a function again under another count). Values and gradients do not depend on it.
+
+    >>> import jax, jax.numpy as jnp, recurrax, recurrax.fused
+    >>> layer = recurrax.Recurrent(recurrax.LSTM(2, 3, key=jax.random.key(0)))
+    >>> with recurrax.fused.pieces(6):
+    ...     ys = jax.vmap(layer)(jnp.ones((32, 300, 2)))
+    >>> ys.shape
+    (32, 300, 3)
+    """
+    if count is not None:
+        count = _checks.positive_int("pieces", count)
+    with _PIECES(count):
+        yield
 
 
 # ============================================================================================
@@ -862,7 +888,13 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
       at T = 200 took 3-8% less for LSTM and MGU and 5-10% more for GRU.
 
     Off a CPU (one kernel after another on a GPU) a sequence is one piece.
+
+    Inside ``with recurrax.fused.pieces(count):`` every batch size, platform and cell gets ``count``
+    pieces instead (at most one a step).
     """
+    chosen = _PIECES.value
+    if chosen is not None:
+        return max(1, min(chosen, length))
     if (platform or jax.default_backend()) != "cpu" or batch is None or batch < PIECE_MIN_BATCH:
         return 1
     if cell.weight_hh.size >= PIECE_MAX_WEIGHTS:
