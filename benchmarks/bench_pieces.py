@@ -29,7 +29,7 @@ import time
 
 import machine
 
-FUSED_CELLS = ["Elman", "ForgetElman", "MGU", "GRU", "LSTM"]
+FUSED_CELLS = ["elman", "forget-elman", "mgu", "gru", "lstm"]
 
 
 def _counts(text: str, name: str) -> list[int]:
@@ -45,7 +45,7 @@ def _counts(text: str, name: str) -> list[int]:
 def _parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="lstm,gru",
-                   help="registry names or class names, or all: every cell with a fused scan (default lstm,gru)")
+                   help="registry names (lstm, forget-elman, ...), or all: every cell with a fused scan (default lstm,gru)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=200)
     p.add_argument("--hidden", type=int, default=128, help="hidden size, and input size (default 128)")

@@ -411,11 +411,14 @@ def test_a_sequence_cut_into_pieces_of_time_equals_plain(name):
 
 
 def test_how_many_pieces_of_time():
-    """Pieces of about PIECE_STEPS steps for batches of PIECE_MIN_BATCH sequences or more on a CPU,
-    at most MAX_PIECES; one piece for smaller batches, one sequence, large recurrent matrices and
-    off a CPU."""
+    """Pieces of about the rule's piece_steps (50 steps; 25 for GRU, MGU and ForgetElman) for
+    batches of PIECE_MIN_BATCH sequences or more on a CPU, at most MAX_PIECES; one piece for
+    smaller batches, one sequence, large recurrent matrices and off a CPU."""
     fused = recurrax.fused
-    lstm, batch, steps = make("lstm"), fused.PIECE_MIN_BATCH, fused.PIECE_STEPS
+    lstm, batch, steps = make("lstm"), fused.PIECE_MIN_BATCH, 50
+    for name in ("elman", "forget-elman", "mgu", "gru"):
+        short = name in ("forget-elman", "mgu", "gru")
+        assert fused.time_pieces(make(name), batch, 4 * steps, platform="cpu") == (8 if short else 4), name
     assert fused.time_pieces(lstm, batch, 4 * steps, platform="cpu") == 4
     assert fused.time_pieces(lstm, batch, 4 * steps + steps - 1, platform="cpu") == 4
     assert fused.time_pieces(lstm, 8 * batch, 100 * steps, platform="cpu") == fused.MAX_PIECES
@@ -425,7 +428,7 @@ def test_how_many_pieces_of_time():
     assert fused.time_pieces(lstm, batch, 4 * steps, platform="gpu") == 1
     wide = recurrax.LSTM(4, 256, key=jax.random.key(0))  # a 1024 x 256 recurrent matrix: PIECE_MAX_WEIGHTS
     assert fused.time_pieces(wide, batch, 4 * steps, platform="cpu") == 1
-    assert fused.time_pieces(recurrax.GRU(4, 256, key=jax.random.key(0)), batch, 4 * steps, platform="cpu") == 4
+    assert fused.time_pieces(recurrax.GRU(4, 256, key=jax.random.key(0)), batch, 2 * steps, platform="cpu") == 4
 
 
 @pytest.fixture
@@ -480,8 +483,9 @@ def test_pieces_must_be_a_positive_integer(count, error):
 @pytest.mark.usefixtures("cpu_choices")
 def test_the_batch_that_vmap_maps_chooses_the_pieces(piece_lengths):
     """fused_scan reads the batch size from the vmap around it: a batch of PIECE_MIN_BATCH
-    sequences of 2 PIECE_STEPS steps runs as two pieces, one sequence as one."""
-    cell, steps = make("gru"), 2 * recurrax.fused.PIECE_STEPS
+    sequences of twice GRU's piece_steps runs as two pieces, one sequence as one."""
+    cell = make("gru")
+    steps = 2 * recurrax.fused.rule_for(cell).piece_steps
     xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, steps, X))
     loss = lambda c, x: jnp.sum(recurrax.scan(c, x)[0])  # noqa: E731
     jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)
@@ -494,9 +498,10 @@ def test_the_batch_that_vmap_maps_chooses_the_pieces(piece_lengths):
 @pytest.mark.usefixtures("cpu_choices")
 def test_the_chunks_of_a_long_sequence_run_in_pieces_of_the_mapped_batch(piece_lengths):
     """Inside the chunks' loop (a lax.scan, traced before vmap batches it) the batch cannot be read from
-    vmap; scan reads it outside and hands it on: chunks of 2 PIECE_STEPS steps of a batch of
+    vmap; scan reads it outside and hands it on: chunks of twice LSTM's piece_steps of a batch of
     PIECE_MIN_BATCH sequences run as two pieces each, one sequence's chunks as one."""
-    cell, steps = make("lstm"), recurrax.fused.PIECE_STEPS
+    cell = make("lstm")
+    steps = recurrax.fused.rule_for(cell).piece_steps
     xs = jnp.zeros((recurrax.fused.PIECE_MIN_BATCH, 4 * steps, X))
     loss = lambda c, x: jnp.sum(recurrax.scan(c, x, chunk_size=2 * steps)[0])  # noqa: E731
     jax.make_jaxpr(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: loss(c, x))(xs))))(cell)

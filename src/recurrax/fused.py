@@ -31,7 +31,8 @@ What differs from differentiating the plain loop:
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
 * **Pieces of time.** On a CPU a batch of 32 sequences or more runs as consecutive pieces of
-  about 50 steps, each a fused scan of its own (:func:`time_pieces`), so that the products
+  about 50 steps (25 for GRU, MGU and ForgetElman), each a fused scan of its own
+  (:func:`time_pieces`; :func:`pieces` sets their number), so that the products
   outside one piece's loops run on the other cores while the loop of the piece beside it runs.
 
 How those gradients leave the loop when the batch comes from ``jax.vmap`` (a layer maps one
@@ -164,6 +165,12 @@ class Rule(NamedTuple):
       gradients in turn. LSTM training at B = 32, T = 200, H = 128 (same process, alternating):
       21.0 -> 20.0 ms with freed memory kept, and with glibc's defaults (hoisted now, see
       :func:`project_in_loop`) 22.7 -> 20.5 ms; at B = 8 5.1 -> 4.8 ms.
+    * ``piece_steps``: about how many steps a piece of time has (:func:`time_pieces`). 25 for GRU,
+      MGU and ForgetElman, whose training took 1-14% less in pieces of 25 steps than of 50 in
+      every run (``benchmarks/bench_pieces.py``, B = 32, H = 128, memory kept; at T = 200, 8
+      pieces against 4: GRU 0.92-0.99x in four runs, MGU 0.97-0.99x, ForgetElman 0.92-0.99x; at
+      T = 100, 4 against 2: GRU 0.86-0.87x, MGU 0.92-0.93x, ForgetElman 0.94-0.99x); 50 for LSTM
+      (0.96-1.09x) and Elman (0.94-1.08x).
     """
 
     consts: Callable
@@ -181,6 +188,7 @@ class Rule(NamedTuple):
     gradients_over_residuals: bool = False
     gate_blocks: tuple[int, ...] = ()
     residuals_over_projections: bool = False
+    piece_steps: int = 50
 
 
 def _matvec_rows(u, w):
@@ -285,6 +293,7 @@ GRU_RULE = Rule(
     prefetch=True,
     gradients_over_residuals=True,
     gate_blocks=(2, 1),
+    piece_steps=25,
 )
 
 
@@ -341,6 +350,7 @@ def _forget_elman_rule(activation: str) -> Rule:
         gate_grads=lambda dp, extra: dp,
         in_loop=False,
         gate_blocks=(1, 1),
+        piece_steps=25,
     )
 
 
@@ -372,6 +382,7 @@ MGU_RULE = Rule(
     gate_grads=lambda dp, extra: dp,
     in_loop=False,
     gate_blocks=(1, 1),
+    piece_steps=25,
 )
 
 
@@ -842,7 +853,6 @@ def _input_carriers(cell: Cell, xs, blocks: tuple[int, ...]):
 
 
 PIECE_MIN_BATCH = 32  # smaller batches run their sequence as one piece
-PIECE_STEPS = 50  # about this many steps a piece
 MAX_PIECES = 8
 PIECE_MAX_WEIGHTS = 2**18  # recurrent matrices with this many numbers or more run as one piece
 
@@ -858,9 +868,10 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
     thread, so while the backward loop goes through one piece, the products that take the weight
     gradients of the piece after it (all of whose gradients are known) run on the other cores, as
     do the next piece's input projections while the forward loop goes through a piece. In one
-    piece every product waits for its whole loop. About :data:`PIECE_STEPS` steps a piece, at most
-    :data:`MAX_PIECES` (each piece is compiled code of its own). Measured on a 2-core CPU (freed
-    memory kept, T = 200 and H = 128 unless said, same process, medians of 7), training:
+    piece every product waits for its whole loop. About ``Rule.piece_steps`` steps a piece (50;
+    25 for GRU, MGU and ForgetElman), at most :data:`MAX_PIECES` (each piece is compiled code of
+    its own). Measured on a 2-core CPU (freed memory kept, T = 200 and H = 128 unless said, same
+    process, medians of 7), training, in pieces of 50 steps:
 
     * B = 32: LSTM 40.6 -> 37.3 ms (4 pieces; 2 pieces 38.6, 8 pieces 37.9), GRU 34.8 -> 32.8,
       Elman 9.75 -> 8.37, ForgetElman 23.7 -> 21.3, MGU 24.7 -> 21.5; LSTM forward 17.3 -> 16.2;
@@ -884,8 +895,8 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
       schedules the program in, and its CPU runtime makes an operation that writes memory another
       reads wait for it; LSTM's backward loops (B = 32, T = 200, H = 128) each wait 1.8-3.2 ms for
       the input-weight products of the piece after them. Where these waits fall moves with any
-      change to the program (``benchmarks/profile_step.py --timeline`` shows them); 5-7 pieces
-      at T = 200 took 3-8% less for LSTM and MGU and 5-10% more for GRU.
+      change to the program (``benchmarks/profile_step.py --timeline`` shows them); how long a
+      piece pays best to be therefore differs by cell and from run to run (``Rule.piece_steps``).
 
     Off a CPU (one kernel after another on a GPU) a sequence is one piece.
 
@@ -899,7 +910,7 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
         return 1
     if cell.weight_hh.size >= PIECE_MAX_WEIGHTS:
         return 1
-    return max(1, min(MAX_PIECES, length // PIECE_STEPS))
+    return max(1, min(MAX_PIECES, length // rule_for(cell).piece_steps))
 
 
 def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch: int | None = None):
