@@ -170,7 +170,7 @@ class Rule(NamedTuple):
       every run (``benchmarks/bench_pieces.py``, B = 32, H = 128, memory kept; at T = 200, 8
       pieces against 4: GRU 0.92-0.99x in four runs, MGU 0.97-0.99x, ForgetElman 0.92-0.99x; at
       T = 100, 4 against 2: GRU 0.86-0.87x, MGU 0.92-0.93x, ForgetElman 0.94-0.99x); 50 for LSTM
-      (0.96-1.09x) and Elman (0.94-1.08x).
+      (0.96-1.09x) and Elman (0.81-1.08x).
     """
 
     consts: Callable
