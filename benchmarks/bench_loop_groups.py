@@ -30,16 +30,7 @@ import sys
 import time
 
 import machine
-
-
-def _sizes(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise SystemExit(f"--{name} must be positive integers separated by commas, got {text!r}")
-    return values
+from arguments import positive_ints
 
 
 def _parse_args(argv):
@@ -51,7 +42,7 @@ def _parse_args(argv):
     p.add_argument("--rounds", type=int, default=5, help="measurements per contender (default 5)")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement at least (default 0.3)")
     args = p.parse_args(argv)
-    args.batch, args.hidden, args.groups = (_sizes(getattr(args, n), n) for n in ("batch", "hidden", "groups"))
+    args.batch, args.hidden, args.groups = (positive_ints(getattr(args, n), n) for n in ("batch", "hidden", "groups"))
     if args.steps < 1 or args.rounds < 1:
         raise SystemExit("--steps and --rounds must be positive")
     for b in args.batch:

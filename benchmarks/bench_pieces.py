@@ -28,18 +28,9 @@ import sys
 import time
 
 import machine
+from arguments import positive_ints
 
 FUSED_CELLS = ["elman", "forget-elman", "mgu", "gru", "lstm"]
-
-
-def _counts(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise SystemExit(f"--{name} must be positive integers separated by commas, got {text!r}")
-    return values
 
 
 def _parse_args(argv):
@@ -56,7 +47,7 @@ def _parse_args(argv):
     p.add_argument("--malloc", choices=("default", "retain"), default="default",
                    help="retain: keep freed memory in this process (recurrax.allocator.retain_freed_memory)")
     args = p.parse_args(argv)
-    args.pieces = _counts(args.pieces, "pieces")
+    args.pieces = positive_ints(args.pieces, "pieces")
     args.cells = FUSED_CELLS if args.cells == "all" else [c for c in args.cells.split(",") if c]
     if min(args.batch, args.length, args.hidden, args.rounds) < 1 or not args.cells:
         raise SystemExit("--cells must name a cell; --batch, --length, --hidden and --rounds must be positive")
