@@ -416,9 +416,8 @@ def test_how_many_pieces_of_time():
     smaller batches, one sequence, large recurrent matrices and off a CPU."""
     fused = recurrax.fused
     lstm, batch, steps = make("lstm"), fused.PIECE_MIN_BATCH, 50
-    for name in ("elman", "forget-elman", "mgu", "gru"):
-        short = name in ("forget-elman", "mgu", "gru")
-        assert fused.time_pieces(make(name), batch, 4 * steps, platform="cpu") == (8 if short else 4), name
+    for name, count in (("elman", 4), ("forget-elman", 8), ("mgu", 8), ("gru", 8)):
+        assert fused.time_pieces(make(name), batch, 4 * steps, platform="cpu") == count, name
     assert fused.time_pieces(lstm, batch, 4 * steps, platform="cpu") == 4
     assert fused.time_pieces(lstm, batch, 4 * steps + steps - 1, platform="cpu") == 4
     assert fused.time_pieces(lstm, 8 * batch, 100 * steps, platform="cpu") == fused.MAX_PIECES
