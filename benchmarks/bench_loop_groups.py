@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
-import time
 
 import machine
+from alternating import median_call_seconds
 from arguments import positive_ints
 
 
@@ -106,16 +105,11 @@ def main(argv=None) -> None:
                     reference = out
                 for a, r in zip(out, reference):
                     np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
-            times = {k: [] for k in args.groups}
-            for r in range(args.rounds):
-                order = args.groups[r % len(args.groups):] + args.groups[: r % len(args.groups)]
-                for k in order:
-                    calls, start = 0, time.perf_counter()
-                    while time.perf_counter() - start < args.min_time:
-                        jax.block_until_ready(compiled[k](w, x))
-                        calls += 1
-                    times[k].append((time.perf_counter() - start) / calls / args.steps * 1e6)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            seconds = median_call_seconds(
+                {k: (lambda c=c: jax.block_until_ready(c(w, x))) for k, c in compiled.items()}, args.rounds,
+                args.min_time,
+            )
+            med = {k: s / args.steps * 1e6 for k, s in seconds.items()}
             base = med.get(1)
             cells = " ".join(f"{med[k]:7.1f}us {ops[k]:>3}" for k in args.groups)
             ratios = " ".join(f"{med[k] / base:5.2f}" for k in args.groups if k != 1) if base else ""

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import machine
+from alternating import median_call_seconds
 from arguments import positive_ints
 
 FUSED_CELLS = ["elman", "forget-elman", "mgu", "gru", "lstm"]
@@ -98,16 +97,11 @@ def main(argv=None) -> None:
                 scale = float(np.max(np.abs(r))) or 1.0
                 np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(r) / scale, atol=1e-4,
                                            err_msg=f"{n} pieces disagree with {chosen}")
-        times = {n: [] for n in counts}
-        for r in range(args.rounds):
-            order = counts[r % len(counts):] + counts[: r % len(counts)]
-            for n in order:
-                calls, start = 0, time.perf_counter()
-                while time.perf_counter() - start < args.min_time:
-                    jax.block_until_ready(compiled[n](layer, xs))
-                    calls += 1
-                times[n].append((time.perf_counter() - start) / calls * 1e3)
-        med = {n: statistics.median(v) for n, v in times.items()}
+        seconds = median_call_seconds(
+            {n: (lambda c=c: jax.block_until_ready(c(layer, xs))) for n, c in compiled.items()}, args.rounds,
+            args.min_time,
+        )
+        med = {n: s * 1e3 for n, s in seconds.items()}
         for n in counts:
             mark = "*" if n == chosen else " "
             print(f"{type(cell).__name__:<12} {args.batch:>4} {args.length:>5} {args.hidden:>4} {args.mode:<5} "
