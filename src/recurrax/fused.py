@@ -30,6 +30,11 @@ What differs from differentiating the plain loop:
 * **Weight and input gradients** come from one product each over all T·B rows, outside the loop
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
+* **Native loops for LSTM.** On a CPU an :class:`~recurrax.LSTM` in float32 (hidden size a
+  multiple of 16, no ``starts`` or ``mask``) runs both loops as native code
+  (:mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
+  batch through every step, so the steps use every core, which XLA's loops cannot
+  (:func:`runs_native`). The projections and the weight-gradient products stay in XLA, as below.
 * **Pieces of time.** On a CPU a batch of 32 sequences or more runs as consecutive pieces of
   about 50 steps (25 for GRU, MGU and ForgetElman), each a fused scan of its own
   (:func:`time_pieces`; :func:`pieces` sets their number), so that the products
@@ -70,7 +75,7 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _checks
+from . import _checks, native
 from ._batching import mapped_batch_size
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
 from ._trees import tree_where
@@ -928,7 +933,10 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     if rule is None:
         raise ValueError(f"{type(cell).__name__} has no fused scan; use fused=False")
     length = xs.shape[0]
-    pieces = time_pieces(cell, mapped_batch_size(xs) if batch is None else batch, length)
+    if runs_native(cell, xs, h0, starts, mask):
+        pieces = _PIECES.value or 1  # the native loops use every core; nothing runs beside them
+    else:
+        pieces = time_pieces(cell, mapped_batch_size(xs) if batch is None else batch, length)
     if pieces == 1:
         return _fused_piece(rule, cell, xs, h0, h_reset, starts, mask, unroll)
     bounds = _piece_bounds(length, pieces)
@@ -947,6 +955,8 @@ def _piece_bounds(length: int, pieces: int) -> list[int]:
 
 def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: int):
     """One fused scan over all of ``xs``: forward loop, inference loop, carriers, backward rule."""
+    if runs_native(cell, xs, h0, starts, mask):
+        return _native_piece(cell, xs, h0)
     ps = _input_carriers(cell, xs, rule.gate_blocks)  # their values are never used (the loop projects)
     loop_inputs = (rule, sg(cell), sg(xs), sg(h0), sg(h_reset), starts, mask, unroll)
     states, res = jax.tree_util.tree_map(sg, _forward_loop(*loop_inputs))
@@ -961,3 +971,88 @@ def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: 
     consts = sg(rule.consts(cell))
     return _attach(_Static(rule, unroll), ps, carriers, h0, h_reset, consts, states, res, starts, mask,
                    inference_states)
+
+
+# ============================================================================================
+# The LSTM's loops as native code (recurrax.native)
+
+
+def runs_native(cell: Cell, xs, h0, starts, mask, platform: str | None = None) -> bool:
+    """Whether the fused scan of ``cell`` over ``xs`` runs the native loops of
+    :mod:`recurrax.native` instead of XLA's: an :class:`~recurrax.LSTM` (not a subclass) in
+    float32 with a hidden size that is a multiple of 16, on a CPU, without ``starts`` or ``mask``,
+    its weights shared by the batch (not an ensemble under ``jax.vmap``), where the native code is
+    built (:func:`recurrax.native.available`) and not switched off (:func:`recurrax.native.disabled`).
+    """
+    if type(cell) is not LSTM or starts is not None or mask is not None or not native.enabled():
+        return False
+    if (platform or jax.default_backend()) != "cpu" or cell.hidden_size % 16 != 0:
+        return False
+    arrays = [xs, cell.weight_ih, cell.weight_hh, cell.bias, *jax.tree_util.tree_leaves(h0)]
+    if any(a.dtype != jnp.float32 for a in arrays):
+        return False
+    if any(mapped_batch_size(w) is not None for w in (cell.weight_ih, cell.weight_hh, cell.bias)):
+        return False
+    return native.available()
+
+
+def _batched_call(kernel, batched_args: tuple[bool, ...]):
+    """``kernel`` (which takes a batch) as a function of one sequence's arrays: unbatched it runs a
+    batch of one; under ``jax.vmap`` the arguments marked in ``batched_args`` carry the batch and
+    the others (weights) are passed as they are, and the rest are broadcast over the batch."""
+
+    @jax.custom_batching.custom_vmap
+    def one(*args):
+        args = [a[None] if batched else a for a, batched in zip(args, batched_args)]
+        return tuple(out[0] for out in kernel(*args))
+
+    @one.def_vmap
+    def batched(axis_size, in_batched, *args):
+        if any(b for b, per_batch in zip(in_batched, batched_args) if not per_batch):
+            raise NotImplementedError("the native LSTM loops take one set of weights for the whole batch")
+        args = [a if b or not per_batch else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                for a, b, per_batch in zip(args, in_batched, batched_args)]
+        out = kernel(*args)
+        return out, tuple(True for _ in out)
+
+    return one
+
+
+_native_forward = _batched_call(native.lstm_forward, (True, False, False, True, True))
+_native_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, False))
+
+
+def _native_piece(cell: LSTM, xs, h0):
+    """One LSTM scan over ``xs`` through the native loops: the projections and the weight
+    gradients in XLA, as on the fused path (the carriers), the loops in :mod:`recurrax.native`."""
+    ps = _input_carriers(cell, xs, ())
+    frozen = sg(cell)
+    h_first, c_first = sg(h0)
+    projections = _input_products(frozen, sg(xs))
+    gates, hs, cs = _native_forward(projections, frozen.bias, frozen.weight_hh.T, h_first, c_first)
+    prev_h = jnp.concatenate([h_first[None], hs[:-1]])
+    carriers = (_matvec_rows(prev_h, cell.weight_hh),)
+    return _native_attach(ps, carriers, h0, gates, hs, cs, frozen.weight_hh)
+
+
+def _native_attach(ps, carriers, h0, gates, hs, cs, w_hh):
+    """``(ys, final state)`` from the native forward loop's states; its VJP is the native backward
+    loop, whose pre-activation gradients are the cotangents of the projections and carriers."""
+    del ps, carriers, h0, gates, w_hh
+    return hs, (hs[-1], cs[-1])
+
+
+def _native_attach_fwd(ps, carriers, h0, gates, hs, cs, w_hh):
+    out = _first_order_only((hs, (hs[-1], cs[-1])), (ps, carriers, h0))
+    return out, (h0[1], gates, cs, w_hh)
+
+
+def _native_attach_bwd(saved, cts):
+    c_first, gates, cs, w_hh = saved
+    dys, (dh_last, dc_last) = cts
+    dz, dh0, dc0 = _native_backward(gates, cs, dys, dh_last, dc_last, c_first, w_hh)
+    return dz, (dz,), (dh0, dc0), None, None, None, None
+
+
+_native_attach = jax.custom_vjp(_native_attach)
+_native_attach.defvjp(_native_attach_fwd, _native_attach_bwd)

@@ -1,0 +1,278 @@
+// The LSTM's two loops over time as XLA custom calls on a CPU: each thread runs its own rows of
+// the batch (its own sequences) through every step, so that the batch's steps use every core
+// without the threads meeting once per step. Built and registered by recurrax/native/__init__.py.
+//
+// Forward, per sequence and step t (gates stacked i, f, g, o; sigma the logistic function):
+//   z_t = p_t + b + W_hh h_{t-1}          p_t = W_ih x_t, computed by XLA beforehand
+//   a_t = (sigma(z_i), sigma(z_f), tanh(z_g), sigma(z_o))
+//   c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
+// Backward, from the last step to the first, with dh, dc the gradients carried to step t:
+//   dh += dy_t;   dc += dh * o * (1 - tanh(c_t)^2)
+//   dz_t = (dc * g, dc * c_{t-1}, dc * i, dh * tanh(c_t)) * (a(1 - a) or 1 - a^2 for g)
+//   dh <- dz_t W_hh,   dc <- dc * f
+// dz_t is written out: the weight gradients come from products over all steps, in XLA.
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// tanh by a rational function: float32 accuracy (the approximation XLA's CPU code uses too),
+// exact for |x| >= 7.9 where it is +-1 in float32; NaN stays NaN (the comparisons fail).
+inline float tanh_approx(float x) {
+  const float bound = 7.90531110763549805f;
+  x = x > bound ? bound : (x < -bound ? -bound : x);
+  const float x2 = x * x;
+  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  p = x * p;
+  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  return p / q;
+}
+
+inline float sigmoid_approx(float x) { return 0.5f * tanh_approx(0.5f * x) + 0.5f; }
+
+// out[r, n0:n0 + 16 C] = add[r, n0:n0 + 16 C] + bias[n0:n0 + 16 C] + a[r, :] @ w[:, n0:n0 + 16 C] for R
+// rows (add and bias may be null: zeros): R x C vectors of 16 sums kept in registers over all of k.
+// w is K x N, row-major. Row r of a, add and out starts at a + r * lda (add + r * ldd, out + r * ldo).
+template <int R, int C>
+void block_product(const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size, int64_t n0,
+                   const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+  __m512 acc[R][C];
+  for (int j = 0; j < C; ++j) {
+    const __m512 b = bias ? _mm512_loadu_ps(bias + n0 + 16 * j) : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[r][j] = add ? _mm512_add_ps(b, _mm512_loadu_ps(add + r * ldd + n0 + 16 * j)) : b;
+  }
+  for (int64_t k = 0; k < k_size; ++k) {
+    __m512 wk[C];
+    for (int j = 0; j < C; ++j) wk[j] = _mm512_loadu_ps(w + k * n_size + n0 + 16 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
+      for (int j = 0; j < C; ++j) acc[r][j] = _mm512_fmadd_ps(x, wk[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < C; ++j) _mm512_storeu_ps(out + r * ldo + n0 + 16 * j, acc[r][j]);
+  }
+}
+
+template <int C>
+void rows_block_product(int64_t rows, const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size,
+                        int64_t n0, const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+  switch (rows) {
+    case 8: block_product<8, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 7: block_product<7, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 6: block_product<6, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 5: block_product<5, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 4: block_product<4, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 3: block_product<3, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 2: block_product<2, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    default: block_product<1, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+  }
+}
+
+// out = add + bias + a @ w for rows x N (N a multiple of 16; add, bias may be null): column blocks of
+// 32 outside, so that a block's K x 32 panel of w stays in cache while every row goes through it,
+// 8 rows at a time.
+void matrix_product(int64_t rows, const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size,
+                    const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+  for (int64_t n0 = 0; n0 < n_size; n0 += 32) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t count = std::min<int64_t>(8, rows - r0);
+      const float* dr = add ? add + r0 * ldd : nullptr;
+      if (n0 + 32 <= n_size) {
+        rows_block_product<2>(count, a + r0 * lda, lda, w, k_size, n_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+      } else {
+        rows_block_product<1>(count, a + r0 * lda, lda, w, k_size, n_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+      }
+    }
+  }
+}
+
+// How many threads share a batch: the CPUs this process may run on, at least 8 rows each.
+int64_t thread_count(int64_t batch) {
+  int64_t cpus = static_cast<int64_t>(std::thread::hardware_concurrency());
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  return std::max<int64_t>(1, std::min<int64_t>(cpus, batch / 8));
+}
+
+// Runs work(first_row, row_count) over the batch's rows on thread_count(batch) threads (this one
+// included) and waits for them.
+template <typename Work>
+void over_rows(int64_t batch, Work work) {
+  const int64_t threads = thread_count(batch);
+  std::vector<std::thread> helpers;
+  for (int64_t i = 1; i < threads; ++i) {
+    const int64_t first = batch * i / threads, last = batch * (i + 1) / threads;
+    helpers.emplace_back([=] { work(first, last - first); });
+  }
+  work(0, batch / threads);
+  for (auto& helper : helpers) helper.join();
+}
+
+// Shapes: p (B, T, 4H) (the input projections without the bias), bias (4H), w_hh_t (H, 4H), h0 and
+// c0 (B, H) -> gates (B, T, 4H), hs and cs (B, T, H).
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh_t,
+                           ffi::Buffer<ffi::F32> h0,
+                           ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
+                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs) {
+  const auto dims = p.dimensions();
+  if (dims.size() != 3 || w_hh_t.dimensions().size() != 2) {
+    return ffi::Error::InvalidArgument("lstm_forward: p must be (B, T, 4H) and w_hh_t (H, 4H)");
+  }
+  const int64_t batch = dims[0], length = dims[1], gate_width = dims[2], hidden = gate_width / 4;
+  if (w_hh_t.dimensions()[0] != hidden || w_hh_t.dimensions()[1] != gate_width || hidden % 16 != 0) {
+    return ffi::Error::InvalidArgument("lstm_forward: w_hh_t must be (H, 4H) with H a multiple of 16");
+  }
+  if (bias.element_count() != static_cast<size_t>(gate_width)) {
+    return ffi::Error::InvalidArgument("lstm_forward: bias must have 4H numbers");
+  }
+  const float* b = bias.typed_data();
+  const float* pp = p.typed_data();
+  const float* w = w_hh_t.typed_data();
+  float* a_out = gates->typed_data();
+  float* h_out = hs->typed_data();
+  float* c_out = cs->typed_data();
+  const float* h_first = h0.typed_data();
+  const float* c_first = c0.typed_data();
+  over_rows(batch, [=](int64_t first, int64_t rows) {
+    if (rows == 0) return;
+    std::vector<float> h(h_first + first * hidden, h_first + (first + rows) * hidden);
+    std::vector<float> c(c_first + first * hidden, c_first + (first + rows) * hidden);
+    const int64_t row_stride = length * gate_width;  // between sequences in p and gates
+    for (int64_t t = 0; t < length; ++t) {
+      float* a = a_out + first * row_stride + t * gate_width;
+      matrix_product(rows, h.data(), hidden, w, hidden, gate_width, pp + first * row_stride + t * gate_width,
+                     row_stride, b, a, row_stride);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* ar = a + r * row_stride;
+        for (int64_t n = 0; n < 2 * hidden; ++n) ar[n] = sigmoid_approx(ar[n]);
+        for (int64_t n = 2 * hidden; n < 3 * hidden; ++n) ar[n] = tanh_approx(ar[n]);
+        for (int64_t n = 3 * hidden; n < gate_width; ++n) ar[n] = sigmoid_approx(ar[n]);
+        float* hr = h.data() + r * hidden;
+        float* cr = c.data() + r * hidden;
+        for (int64_t k = 0; k < hidden; ++k) {
+          const float cell = ar[hidden + k] * cr[k] + ar[k] * ar[2 * hidden + k];
+          cr[k] = cell;
+          hr[k] = ar[3 * hidden + k] * tanh_approx(cell);
+        }
+        const int64_t at = ((first + r) * length + t) * hidden;
+        std::memcpy(h_out + at, hr, hidden * sizeof(float));
+        std::memcpy(c_out + at, cr, hidden * sizeof(float));
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// One sequence's step of the backward loop, elementwise: the pre-activation gradients dz from the
+// gate activations a, the cell states c (after the step) and c_prev (before it), the output's
+// gradient dy and the carried dh, dc; dc is replaced by the gradient for c_prev.
+void backward_gates(int64_t hidden, const float* __restrict a, const float* __restrict c,
+                    const float* __restrict c_prev, const float* __restrict dy, const float* __restrict dh,
+                    float* __restrict dc, float* __restrict dz) {
+  for (int64_t k = 0; k < hidden; ++k) {
+    const float i = a[k], f = a[hidden + k], g = a[2 * hidden + k], o = a[3 * hidden + k];
+    const float tc = tanh_approx(c[k]);
+    const float dhk = dh[k] + dy[k];
+    const float dck = dc[k] + dhk * o * (1.0f - tc * tc);
+    dz[k] = dck * g * i * (1.0f - i);
+    dz[hidden + k] = dck * c_prev[k] * f * (1.0f - f);
+    dz[2 * hidden + k] = dck * i * (1.0f - g * g);
+    dz[3 * hidden + k] = dhk * tc * o * (1.0f - o);
+    dc[k] = dck * f;
+  }
+}
+
+// Shapes: gates (B, T, 4H), hs and cs (B, T, H), dys (B, T, H), dh_last and dc_last (B, H),
+// c0 (B, H), w_hh (4H, H) -> dz (B, T, 4H), dh0 and dc0 (B, H).
+ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> dys,
+                            ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::F32> c0,
+                            ffi::Buffer<ffi::F32> w_hh, ffi::ResultBuffer<ffi::F32> dz,
+                            ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+  const auto dims = gates.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("lstm_backward: gates must be (B, T, 4H)");
+  const int64_t batch = dims[0], length = dims[1], gate_width = dims[2], hidden = gate_width / 4;
+  if (w_hh.dimensions().size() != 2 || w_hh.dimensions()[0] != gate_width || w_hh.dimensions()[1] != hidden ||
+      hidden % 16 != 0) {
+    return ffi::Error::InvalidArgument("lstm_backward: w_hh must be (4H, H) with H a multiple of 16");
+  }
+  const float* a_in = gates.typed_data();
+  const float* c_in = cs.typed_data();
+  const float* dy = dys.typed_data();
+  const float* w = w_hh.typed_data();
+  const float* c_first = c0.typed_data();
+  const float* dh_end = dh_last.typed_data();
+  const float* dc_end = dc_last.typed_data();
+  float* dz_out = dz->typed_data();
+  float* dh_out = dh0->typed_data();
+  float* dc_out = dc0->typed_data();
+  over_rows(batch, [=](int64_t first, int64_t rows) {
+    if (rows == 0) return;
+    std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
+    std::vector<float> dc(dc_end + first * hidden, dc_end + (first + rows) * hidden);
+    const int64_t gate_stride = length * gate_width, state_stride = length * hidden;
+    for (int64_t t = length - 1; t >= 0; --t) {
+      float* dzt = dz_out + first * gate_stride + t * gate_width;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t seq = first + r;
+        const float* ar = a_in + seq * gate_stride + t * gate_width;
+        const float* cr = c_in + seq * state_stride + t * hidden;
+        const float* c_prev = t > 0 ? cr - hidden : c_first + seq * hidden;
+        const float* dyr = dy + seq * state_stride + t * hidden;
+        float* dhr = dh.data() + r * hidden;
+        float* dcr = dc.data() + r * hidden;
+        float* dzr = dzt + r * gate_stride;
+        backward_gates(hidden, ar, cr, c_prev, dyr, dhr, dcr, dzr);
+      }
+      // dh <- dz_t W_hh for this thread's rows.
+      matrix_product(rows, dzt, gate_stride, w, gate_width, hidden, nullptr, 0, nullptr, dh.data(), hidden);
+    }
+    std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
+    std::memcpy(dc_out + first * hidden, dc.data(), rows * hidden * sizeof(float));
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_forward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_backward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

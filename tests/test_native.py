@@ -1,0 +1,202 @@
+"""The LSTM's native loops (recurrax.native) against the equations and against XLA's loops.
+
+The kernels are checked against the LSTM's equations written out in NumPy (forward) and against
+JAX's autodiff of the same equations (backward), with 1 and 2 threads and column counts that need
+the narrow product block; the layer's values and gradients on the native path against the plain
+scan, batched, reversed, bidirectional, in chunks, per example and nested; and the cases the
+native loops leave to XLA. They run where the native code can be built (Linux, x86-64 with
+AVX-512 and a C++ compiler); elsewhere recurrax.native.build_error() says why they are skipped.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+import recurrax.fused
+import recurrax.native as native
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native loops not built: {native.build_error()}")
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_reference(p, bias, w_hh, h0, c0):
+    """The LSTM's loop in float64 NumPy: gates (B, T, 4H), hs, cs (B, T, H)."""
+    hidden = w_hh.shape[1]
+    h, c = h0.astype(np.float64), c0.astype(np.float64)
+    gates, hs, cs = [], [], []
+    for t in range(p.shape[1]):
+        z = p[:, t] + bias + h @ w_hh.T
+        i, f = sigmoid(z[:, :hidden]), sigmoid(z[:, hidden:2 * hidden])
+        g, o = np.tanh(z[:, 2 * hidden:3 * hidden]), sigmoid(z[:, 3 * hidden:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        gates.append(np.concatenate([i, f, g, o], axis=1))
+        hs.append(h)
+        cs.append(c)
+    return np.stack(gates, 1), np.stack(hs, 1), np.stack(cs, 1)
+
+
+def random_inputs(batch, length, hidden, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=(batch, length, 4 * hidden)).astype(np.float32)
+    bias = rng.normal(size=(4 * hidden,)).astype(np.float32)
+    w_hh = (rng.normal(size=(4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    h0, c0 = (rng.normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
+    return p, bias, w_hh, h0, c0
+
+
+@needs_native
+@pytest.mark.parametrize("batch,hidden", [(3, 16), (19, 48)])  # one thread; two threads, a 16-column block
+def test_kernels_follow_the_equations(batch, hidden):
+    length = 6
+    p, bias, w_hh, h0, c0 = random_inputs(batch, length, hidden)
+    gates, hs, cs = jax.jit(native.lstm_forward)(p, bias, w_hh.T.copy(), h0, c0)
+    want = lstm_reference(p, bias, w_hh, h0, c0)
+    for got, expected in zip((gates, hs, cs), want):
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+
+    rng = np.random.default_rng(1)
+    dys = rng.normal(size=(batch, length, hidden)).astype(np.float32)
+    dh_last, dc_last = (rng.normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
+
+    def loss(p, h0, c0):  # the same equations in jnp, differentiated by JAX
+        def step(carry, pt):
+            h, c = carry
+            z = pt + bias + h @ w_hh.T
+            i, f = jax.nn.sigmoid(z[:, :hidden]), jax.nn.sigmoid(z[:, hidden:2 * hidden])
+            g, o = jnp.tanh(z[:, 2 * hidden:3 * hidden]), jax.nn.sigmoid(z[:, 3 * hidden:])
+            c = f * c + i * g
+            h = o * jnp.tanh(c)
+            return (h, c), h
+
+        (h, c), ys = jax.lax.scan(step, (h0, c0), jnp.swapaxes(p, 0, 1))
+        return jnp.sum(jnp.swapaxes(ys, 0, 1) * dys) + jnp.sum(h * dh_last) + jnp.sum(c * dc_last)
+
+    dp, dh0, dc0 = jax.grad(loss, argnums=(0, 1, 2))(p, h0, c0)
+    got = jax.jit(native.lstm_backward)(gates, cs, dys, dh_last, dc_last, c0, w_hh)
+    for g, expected in zip(got, (dp, dh0, dc0)):
+        np.testing.assert_allclose(g, expected, atol=5e-6)
+
+
+def layer_and_inputs(hidden=16, batch=17, length=6, inputs=5):
+    cell = recurrax.LSTM(inputs, hidden, key=jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (batch, length, inputs))
+    return cell, xs
+
+
+def values_and_gradients(loss, *args):
+    """(native, plain) values and gradients of ``loss`` with respect to all of ``args``."""
+    step = jax.value_and_grad(loss, argnums=tuple(range(len(args))))
+    native_result = jax.jit(step)(*args)
+    with recurrax.fused.disabled():
+        plain_result = jax.jit(lambda *a: step(*a))(*args)
+    return native_result, plain_result
+
+
+def assert_close(got, want):
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        scale = max(1.0, float(np.max(np.abs(b))))
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+def runs_native(function, *args) -> bool:
+    return "recurrax_lstm_forward" in str(jax.make_jaxpr(function)(*args))
+
+
+@needs_native
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
+    cell, xs = layer_and_inputs()
+    h0 = (0.3 * jnp.ones(16), -0.2 * jnp.ones(16))
+
+    def loss(cell, xs):
+        ys, (h, c) = jax.vmap(lambda x: recurrax.scan(cell, x, h0, reverse=reverse))(xs)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c)
+
+    assert runs_native(loss, cell, xs)
+    native_result, plain_result = values_and_gradients(loss, cell, xs)
+    assert_close(native_result, plain_result)
+
+
+@needs_native
+def test_bidirectional_chunks_one_sequence_and_nested_vmap_equal_the_plain_scan():
+    cell, xs = layer_and_inputs(length=9)
+    bidirectional = recurrax.Bidirectional(recurrax.Recurrent(cell), recurrax.Recurrent(cell))
+
+    def loss(cell, xs):
+        bi = jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs)))
+        chunked = jnp.sum(jax.vmap(lambda x: recurrax.scan(cell, x, chunk_size=4)[0])(xs) ** 2)
+        single = jnp.sum(recurrax.scan(cell, xs[0])[0])
+        nested = jnp.sum(jax.vmap(jax.vmap(lambda x: recurrax.scan(cell, x)[0]))(xs.reshape(1, *xs.shape)))
+        return bi + chunked + single + nested
+
+    assert runs_native(loss, cell, xs)
+    native_result, plain_result = values_and_gradients(loss, cell, xs)
+    assert_close(native_result, plain_result)
+
+
+@needs_native
+def test_per_example_gradients_on_native_loops():
+    cell, xs = layer_and_inputs(batch=4)
+
+    def per_example(cell, xs):
+        return jax.vmap(jax.grad(lambda c, x: jnp.sum(recurrax.scan(c, x)[0] ** 2)), in_axes=(None, 0))(cell, xs)
+
+    assert runs_native(per_example, cell, xs)
+    got = jax.jit(per_example)(cell, xs)
+    with recurrax.fused.disabled():
+        want = jax.jit(lambda c, x: per_example(c, x))(cell, xs)
+    assert got.weight_hh.shape == (4, 64, 16)
+    assert_close(got, want)
+
+
+@needs_native
+def test_what_the_native_loops_leave_to_xla():
+    cell, xs = layer_and_inputs()
+    flags = jnp.zeros(xs.shape[:2], bool).at[:, 3].set(True)
+    layer = lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x)[0])(x)  # noqa: E731
+    assert runs_native(layer, cell, xs)
+    with recurrax.native.disabled():
+        assert not runs_native(layer, cell, xs)
+    assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s), cell, xs, flags)
+    assert not runs_native(lambda c, x, m: jax.vmap(lambda x, m: recurrax.scan(c, x, mask=m)[0])(x, m), cell, xs, flags)
+    narrow = recurrax.LSTM(5, 12, key=jax.random.key(0))  # hidden size not a multiple of 16
+    assert not runs_native(layer, narrow, xs)
+    gru = recurrax.GRU(5, 16, key=jax.random.key(0))
+    assert not runs_native(layer, gru, xs)
+    ensemble = jax.vmap(lambda k: recurrax.LSTM(5, 16, key=k))(jax.random.split(jax.random.key(2), 2))
+    members = lambda c, x: jax.vmap(layer, in_axes=(0, None))(c, x)  # noqa: E731
+    assert not runs_native(members, ensemble, xs)
+
+
+@needs_native
+def test_native_loops_have_first_order_derivatives_only():
+    cell, xs = layer_and_inputs(batch=2)
+    loss = lambda c, x: jnp.sum(jax.vmap(lambda x: recurrax.scan(c, x)[0])(x) ** 2)  # noqa: E731
+    with pytest.raises(NotImplementedError, match="first-order"):
+        jax.grad(lambda x: jnp.sum(jax.grad(loss, argnums=1)(cell, x)))(xs)
+
+
+def test_why_the_native_loops_are_not_built(monkeypatch):
+    monkeypatch.setenv("RECURRAX_NATIVE", "0")
+    assert native._why_not_buildable() == "RECURRAX_NATIVE=0 is set"
+    monkeypatch.setenv("RECURRAX_NATIVE", "1")
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2"})
+    if native.platform.system() == "Linux" and native.platform.machine() in ("x86_64", "AMD64"):
+        assert "AVX-512" in native._why_not_buildable()
+
+
+@needs_native
+def test_a_build_that_fails_names_the_compiler_error(monkeypatch, tmp_path):
+    broken = tmp_path / "lstm.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setenv("RECURRAX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="compiling lstm.cc failed"):
+        native._build()
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
