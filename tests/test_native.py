@@ -41,21 +41,24 @@ def lstm_reference(p, bias, w_hh, h0, c0):
     return np.stack(gates, 1), np.stack(hs, 1), np.stack(cs, 1)
 
 
-def random_inputs(batch, length, hidden, seed=0):
+def random_inputs(batch, length, hidden, inputs=5, seed=0):
     rng = np.random.default_rng(seed)
-    p = rng.normal(size=(batch, length, 4 * hidden)).astype(np.float32)
+    xs = rng.normal(size=(batch, length, inputs)).astype(np.float32)
+    w_ih = (rng.normal(size=(4 * hidden, inputs)) / np.sqrt(inputs)).astype(np.float32)
     bias = rng.normal(size=(4 * hidden,)).astype(np.float32)
     w_hh = (rng.normal(size=(4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
     h0, c0 = (rng.normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
-    return p, bias, w_hh, h0, c0
+    return xs, w_ih, bias, w_hh, h0, c0
 
 
 @needs_native
 @pytest.mark.parametrize("batch,hidden", [(3, 16), (19, 48)])  # one thread; two threads, a 16-column block
 def test_kernels_follow_the_equations(batch, hidden):
     length = 6
-    p, bias, w_hh, h0, c0 = random_inputs(batch, length, hidden)
-    gates, hs, cs = jax.jit(native.lstm_forward)(p, bias, w_hh.T.copy(), h0, c0)
+    xs, w_ih, bias, w_hh, h0, c0 = random_inputs(batch, length, hidden)
+    w_t = np.concatenate([w_ih, w_hh], axis=1).T.copy()
+    gates, hs, cs = jax.jit(native.lstm_forward)(xs, w_t, bias, h0, c0)
+    p = xs.astype(np.float64) @ w_ih.T
     want = lstm_reference(p, bias, w_hh, h0, c0)
     for got, expected in zip((gates, hs, cs), want):
         np.testing.assert_allclose(got, expected, atol=2e-6)
@@ -77,7 +80,7 @@ def test_kernels_follow_the_equations(batch, hidden):
         (h, c), ys = jax.lax.scan(step, (h0, c0), jnp.swapaxes(p, 0, 1))
         return jnp.sum(jnp.swapaxes(ys, 0, 1) * dys) + jnp.sum(h * dh_last) + jnp.sum(c * dc_last)
 
-    dp, dh0, dc0 = jax.grad(loss, argnums=(0, 1, 2))(p, h0, c0)
+    dp, dh0, dc0 = jax.grad(loss, argnums=(0, 1, 2))(p.astype(np.float32), h0, c0)
     got = jax.jit(native.lstm_backward)(gates, cs, dys, dh_last, dc_last, c0, w_hh)
     for g, expected in zip(got, (dp, dh0, dc0)):
         np.testing.assert_allclose(g, expected, atol=5e-6)

@@ -159,17 +159,26 @@ def build_error() -> str | None:
     return _library()[1]
 
 
-def lstm_forward(p, bias, w_hh_t, h0, c0):
-    """The LSTM's forward loop over a batch: ``p`` (B, T, 4H) the input projections ``x W_ihᵀ``,
-    ``bias`` (4H), ``w_hh_t`` (H, 4H) the recurrent matrix transposed, ``h0``, ``c0`` (B, H); float32,
-    H a multiple of 16. Returns the gate activations (B, T, 4H) (i, f, g, o after their sigmoid or tanh) and the
-    states h, c after each step (B, T, H each). An outer ``jax.vmap`` runs one call per element."""
-    batch, length, width = p.shape
+def _require() -> None:
+    """Build and register the native loops, or raise naming why they are not available."""
+    if not available():
+        raise RuntimeError(f"recurrax's native LSTM loops are not available: {build_error()}")
+
+
+def lstm_forward(xs, w_t, bias, h0, c0):
+    """The LSTM's forward loop over a batch: ``xs`` (B, T, I) the inputs, ``w_t`` (I + H, 4H) the
+    input and recurrent matrices transposed and stacked, ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (4H), ``h0``,
+    ``c0`` (B, H); float32, H a multiple of 16. Returns the gate activations (B, T, 4H) (i, f, g, o
+    after their sigmoid or tanh) and the states h, c after each step (B, T, H each). An outer
+    ``jax.vmap`` runs one call per element."""
+    _require()
+    batch, length, _ = xs.shape
+    width = w_t.shape[1]
     hidden = width // 4
     out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(p, bias, w_hh_t, h0, c0)
+    return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(xs, w_t, bias, h0, c0)
 
 
 def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):
@@ -177,6 +186,7 @@ def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):
     from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the outputs h, ``dh_last``,
     ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as the cell stores
     it. Returns the gradients of the pre-activations (B, T, 4H) and of the initial state (h0, c0)."""
+    _require()
     batch, length, width = gates.shape
     hidden = width // 4
     out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),

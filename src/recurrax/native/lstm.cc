@@ -3,7 +3,7 @@
 // without the threads meeting once per step. Built and registered by recurrax/native/__init__.py.
 //
 // Forward, per sequence and step t (gates stacked i, f, g, o; sigma the logistic function):
-//   z_t = p_t + b + W_hh h_{t-1}          p_t = W_ih x_t, computed by XLA beforehand
+//   z_t = W_ih x_t + W_hh h_{t-1} + b    (one product: [x_t, h_{t-1}] [W_ih^T; W_hh^T])
 //   a_t = (sigma(z_i), sigma(z_f), tanh(z_g), sigma(z_o))
 //   c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
 // Backward, from the last step to the first, with dh, dc the gradients carried to step t:
@@ -48,11 +48,28 @@ inline float tanh_approx(float x) {
 
 inline float sigmoid_approx(float x) { return 0.5f * tanh_approx(0.5f * x) + 0.5f; }
 
+// A K x N matrix (N a multiple of 16) stored as column panels, each K x 32 (the last K x 16 where
+// N is an odd multiple of 16) and contiguous, so that a product reads a panel's rows one after the
+// other instead of 4N bytes apart: panel n0 (a multiple of 32) starts at n0 * K.
+struct Panels {
+  std::vector<float> data;
+  int64_t k_size, n_size;
+
+  Panels(const float* w, int64_t k, int64_t n) : data(k * n), k_size(k), n_size(n) {
+    for (int64_t n0 = 0; n0 < n; n0 += 32) {
+      const int64_t width = std::min<int64_t>(32, n - n0);
+      float* panel = data.data() + n0 * k;
+      for (int64_t row = 0; row < k; ++row) std::memcpy(panel + row * width, w + row * n + n0, width * sizeof(float));
+    }
+  }
+};
+
 // out[r, n0:n0 + 16 C] = add[r, n0:n0 + 16 C] + bias[n0:n0 + 16 C] + a[r, :] @ w[:, n0:n0 + 16 C] for R
 // rows (add and bias may be null: zeros): R x C vectors of 16 sums kept in registers over all of k.
-// w is K x N, row-major. Row r of a, add and out starts at a + r * lda (add + r * ldd, out + r * ldo).
+// panel: w's K x 16 C panel at n0 (Panels). Row r of a, add and out starts at a + r * lda (add + r *
+// ldd, out + r * ldo).
 template <int R, int C>
-void block_product(const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size, int64_t n0,
+void block_product(const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
                    const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
   __m512 acc[R][C];
   for (int j = 0; j < C; ++j) {
@@ -61,7 +78,7 @@ void block_product(const float* a, int64_t lda, const float* w, int64_t k_size, 
   }
   for (int64_t k = 0; k < k_size; ++k) {
     __m512 wk[C];
-    for (int j = 0; j < C; ++j) wk[j] = _mm512_loadu_ps(w + k * n_size + n0 + 16 * j);
+    for (int j = 0; j < C; ++j) wk[j] = _mm512_loadu_ps(panel + k * 16 * C + 16 * j);
     for (int r = 0; r < R; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * lda + k]);
       for (int j = 0; j < C; ++j) acc[r][j] = _mm512_fmadd_ps(x, wk[j], acc[r][j]);
@@ -73,33 +90,34 @@ void block_product(const float* a, int64_t lda, const float* w, int64_t k_size, 
 }
 
 template <int C>
-void rows_block_product(int64_t rows, const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size,
-                        int64_t n0, const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+void rows_block_product(int64_t rows, const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
+                        const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
   switch (rows) {
-    case 8: block_product<8, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 7: block_product<7, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 6: block_product<6, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 5: block_product<5, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 4: block_product<4, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 3: block_product<3, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    case 2: block_product<2, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
-    default: block_product<1, C>(a, lda, w, k_size, n_size, n0, add, ldd, bias, out, ldo); break;
+    case 8: block_product<8, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 7: block_product<7, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 6: block_product<6, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 5: block_product<5, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 4: block_product<4, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 3: block_product<3, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    case 2: block_product<2, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+    default: block_product<1, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
   }
 }
 
-// out = add + bias + a @ w for rows x N (N a multiple of 16; add, bias may be null): column blocks of
-// 32 outside, so that a block's K x 32 panel of w stays in cache while every row goes through it,
-// 8 rows at a time.
-void matrix_product(int64_t rows, const float* a, int64_t lda, const float* w, int64_t k_size, int64_t n_size,
-                    const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
-  for (int64_t n0 = 0; n0 < n_size; n0 += 32) {
+// out = add + bias + a @ w for rows x N (add, bias may be null): panel by panel, so that a panel
+// stays in cache while every row goes through it, 8 rows at a time.
+void matrix_product(int64_t rows, const float* a, int64_t lda, const Panels& w, const float* add, int64_t ldd,
+                    const float* bias, float* out, int64_t ldo) {
+  const int64_t k_size = w.k_size;
+  for (int64_t n0 = 0; n0 < w.n_size; n0 += 32) {
+    const float* panel = w.data.data() + n0 * k_size;
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t count = std::min<int64_t>(8, rows - r0);
       const float* dr = add ? add + r0 * ldd : nullptr;
-      if (n0 + 32 <= n_size) {
-        rows_block_product<2>(count, a + r0 * lda, lda, w, k_size, n_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+      if (n0 + 32 <= w.n_size) {
+        rows_block_product<2>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
       } else {
-        rows_block_product<1>(count, a + r0 * lda, lda, w, k_size, n_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+        rows_block_product<1>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
       }
     }
   }
@@ -127,46 +145,53 @@ void over_rows(int64_t batch, Work work) {
   for (auto& helper : helpers) helper.join();
 }
 
-// Shapes: p (B, T, 4H) (the input projections without the bias), bias (4H), w_hh_t (H, 4H), h0 and
-// c0 (B, H) -> gates (B, T, 4H), hs and cs (B, T, H).
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh_t,
-                           ffi::Buffer<ffi::F32> h0,
-                           ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
+// Shapes: xs (B, T, I), w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0 (B, H) ->
+// gates (B, T, 4H), hs and cs (B, T, H). Each step takes its input and recurrent products as one,
+// [x_t, h_{t-1}] [W_ih^T; W_hh^T], from a buffer of the thread's rows that holds x_t beside h.
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
                            ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs) {
-  const auto dims = p.dimensions();
-  if (dims.size() != 3 || w_hh_t.dimensions().size() != 2) {
-    return ffi::Error::InvalidArgument("lstm_forward: p must be (B, T, 4H) and w_hh_t (H, 4H)");
+  const auto dims = xs.dimensions();
+  const auto w_dims = w_t.dimensions();
+  if (dims.size() != 3 || w_dims.size() != 2) {
+    return ffi::Error::InvalidArgument("lstm_forward: xs must be (B, T, I) and w_t (I + H, 4H)");
   }
-  const int64_t batch = dims[0], length = dims[1], gate_width = dims[2], hidden = gate_width / 4;
-  if (w_hh_t.dimensions()[0] != hidden || w_hh_t.dimensions()[1] != gate_width || hidden % 16 != 0) {
-    return ffi::Error::InvalidArgument("lstm_forward: w_hh_t must be (H, 4H) with H a multiple of 16");
+  const int64_t batch = dims[0], length = dims[1], inputs = dims[2];
+  const int64_t gate_width = w_dims[1], hidden = gate_width / 4, joint = inputs + hidden;
+  if (w_dims[0] != joint || gate_width != 4 * hidden || hidden % 16 != 0) {
+    return ffi::Error::InvalidArgument("lstm_forward: w_t must be (I + H, 4H) with H a multiple of 16");
   }
   if (bias.element_count() != static_cast<size_t>(gate_width)) {
     return ffi::Error::InvalidArgument("lstm_forward: bias must have 4H numbers");
   }
   const float* b = bias.typed_data();
-  const float* pp = p.typed_data();
-  const float* w = w_hh_t.typed_data();
+  const float* x_in = xs.typed_data();
+  const Panels w(w_t.typed_data(), joint, gate_width);
   float* a_out = gates->typed_data();
   float* h_out = hs->typed_data();
   float* c_out = cs->typed_data();
   const float* h_first = h0.typed_data();
   const float* c_first = c0.typed_data();
-  over_rows(batch, [=](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
-    std::vector<float> h(h_first + first * hidden, h_first + (first + rows) * hidden);
+    std::vector<float> xh(rows * joint);  // row r: x_t, then h_{t-1}
     std::vector<float> c(c_first + first * hidden, c_first + (first + rows) * hidden);
-    const int64_t row_stride = length * gate_width;  // between sequences in p and gates
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(xh.data() + r * joint + inputs, h_first + (first + r) * hidden, hidden * sizeof(float));
+    }
+    const int64_t row_stride = length * gate_width;  // between sequences in gates
     for (int64_t t = 0; t < length; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(xh.data() + r * joint, x_in + ((first + r) * length + t) * inputs, inputs * sizeof(float));
+      }
       float* a = a_out + first * row_stride + t * gate_width;
-      matrix_product(rows, h.data(), hidden, w, hidden, gate_width, pp + first * row_stride + t * gate_width,
-                     row_stride, b, a, row_stride);
+      matrix_product(rows, xh.data(), joint, w, nullptr, 0, b, a, row_stride);
       for (int64_t r = 0; r < rows; ++r) {
         float* ar = a + r * row_stride;
         for (int64_t n = 0; n < 2 * hidden; ++n) ar[n] = sigmoid_approx(ar[n]);
         for (int64_t n = 2 * hidden; n < 3 * hidden; ++n) ar[n] = tanh_approx(ar[n]);
         for (int64_t n = 3 * hidden; n < gate_width; ++n) ar[n] = sigmoid_approx(ar[n]);
-        float* hr = h.data() + r * hidden;
+        float* hr = xh.data() + r * joint + inputs;
         float* cr = c.data() + r * hidden;
         for (int64_t k = 0; k < hidden; ++k) {
           const float cell = ar[hidden + k] * cr[k] + ar[k] * ar[2 * hidden + k];
@@ -217,14 +242,14 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   const float* a_in = gates.typed_data();
   const float* c_in = cs.typed_data();
   const float* dy = dys.typed_data();
-  const float* w = w_hh.typed_data();
+  const Panels w(w_hh.typed_data(), gate_width, hidden);
   const float* c_first = c0.typed_data();
   const float* dh_end = dh_last.typed_data();
   const float* dc_end = dc_last.typed_data();
   float* dz_out = dz->typed_data();
   float* dh_out = dh0->typed_data();
   float* dc_out = dc0->typed_data();
-  over_rows(batch, [=](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> dc(dc_end + first * hidden, dc_end + (first + rows) * hidden);
@@ -243,7 +268,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
         backward_gates(hidden, ar, cr, c_prev, dyr, dhr, dcr, dzr);
       }
       // dh <- dz_t W_hh for this thread's rows.
-      matrix_product(rows, dzt, gate_stride, w, gate_width, hidden, nullptr, 0, nullptr, dh.data(), hidden);
+      matrix_product(rows, dzt, gate_stride, w, nullptr, 0, nullptr, dh.data(), hidden);
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(dc_out + first * hidden, dc.data(), rows * hidden * sizeof(float));
