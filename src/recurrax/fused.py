@@ -1023,35 +1023,37 @@ _native_backward = _batched_call(native.lstm_backward, (True, True, True, True, 
 
 
 def _native_piece(cell: LSTM, xs, h0):
-    """One LSTM scan over ``xs`` through the native loops: the projections and the weight
-    gradients in XLA, as on the fused path (the carriers), the loops in :mod:`recurrax.native`."""
-    ps = _input_carriers(cell, xs, ())
+    """One LSTM scan over ``xs`` through the native loops (:mod:`recurrax.native`), whose forward
+    loop also takes the input products; the weight gradients come from XLA's products over all
+    steps, through the carriers, as on the rest of the fused path, and the bias's from the
+    backward loop, summed over each sequence's steps there (and over the batch by ``vmap``)."""
+    projections = xs @ cell.weight_ih.T  # a carrier: its value is never used
     frozen = sg(cell)
     h_first, c_first = sg(h0)
-    projections = _input_products(frozen, sg(xs))
-    gates, hs, cs = _native_forward(projections, frozen.bias, frozen.weight_hh.T, h_first, c_first)
+    w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
+    gates, hs, cs = _native_forward(sg(xs), w_t, frozen.bias, h_first, c_first)
     prev_h = jnp.concatenate([h_first[None], hs[:-1]])
     carriers = (_matvec_rows(prev_h, cell.weight_hh),)
-    return _native_attach(ps, carriers, h0, gates, hs, cs, frozen.weight_hh)
+    return _native_attach(projections, cell.bias, carriers, h0, gates, hs, cs, frozen.weight_hh)
 
 
-def _native_attach(ps, carriers, h0, gates, hs, cs, w_hh):
+def _native_attach(projections, bias, carriers, h0, gates, hs, cs, w_hh):
     """``(ys, final state)`` from the native forward loop's states; its VJP is the native backward
     loop, whose pre-activation gradients are the cotangents of the projections and carriers."""
-    del ps, carriers, h0, gates, w_hh
+    del projections, bias, carriers, h0, gates, w_hh
     return hs, (hs[-1], cs[-1])
 
 
-def _native_attach_fwd(ps, carriers, h0, gates, hs, cs, w_hh):
-    out = _first_order_only((hs, (hs[-1], cs[-1])), (ps, carriers, h0))
+def _native_attach_fwd(projections, bias, carriers, h0, gates, hs, cs, w_hh):
+    out = _first_order_only((hs, (hs[-1], cs[-1])), (projections, bias, carriers, h0))
     return out, (h0[1], gates, cs, w_hh)
 
 
 def _native_attach_bwd(saved, cts):
     c_first, gates, cs, w_hh = saved
     dys, (dh_last, dc_last) = cts
-    dz, dh0, dc0 = _native_backward(gates, cs, dys, dh_last, dc_last, c_first, w_hh)
-    return dz, (dz,), (dh0, dc0), None, None, None, None
+    dz, dh0, dc0, db = _native_backward(gates, cs, dys, dh_last, dc_last, c_first, w_hh)
+    return dz, db, (dz,), (dh0, dc0), None, None, None, None
 
 
 _native_attach = jax.custom_vjp(_native_attach)

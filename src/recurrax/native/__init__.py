@@ -185,12 +185,14 @@ def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):
     """The LSTM's backward loop over a batch, from the last step to the first: ``gates`` and ``cs``
     from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the outputs h, ``dh_last``,
     ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as the cell stores
-    it. Returns the gradients of the pre-activations (B, T, 4H) and of the initial state (h0, c0)."""
+    it. Returns the gradients of the pre-activations (B, T, 4H), of the initial state (h0, c0) and
+    the sum of each sequence's pre-activation gradients over its steps (B, 4H: the bias's)."""
     _require()
     batch, length, width = gates.shape
     hidden = width // 4
     out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),
            jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
-           jax.ShapeDtypeStruct((batch, hidden), jnp.float32))
+           jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
+           jax.ShapeDtypeStruct((batch, width), jnp.float32))
     return jax.ffi.ffi_call("recurrax_lstm_backward", out, vmap_method="sequential")(
         gates, cs, dys, dh_last, dc_last, c0, w_hh)

@@ -226,12 +226,14 @@ void backward_gates(int64_t hidden, const float* __restrict a, const float* __re
   }
 }
 
-// Shapes: gates (B, T, 4H), hs and cs (B, T, H), dys (B, T, H), dh_last and dc_last (B, H),
-// c0 (B, H), w_hh (4H, H) -> dz (B, T, 4H), dh0 and dc0 (B, H).
+// Shapes: gates (B, T, 4H), cs (B, T, H), dys (B, T, H), dh_last and dc_last (B, H), c0 (B, H),
+// w_hh (4H, H) -> dz (B, T, 4H), dh0 and dc0 (B, H), db (B, 4H): the sum of each sequence's dz
+// over its steps (the bias's gradient, per sequence).
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> dys,
                             ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::F32> c0,
                             ffi::Buffer<ffi::F32> w_hh, ffi::ResultBuffer<ffi::F32> dz,
-                            ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+                            ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                            ffi::ResultBuffer<ffi::F32> db) {
   const auto dims = gates.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("lstm_backward: gates must be (B, T, 4H)");
   const int64_t batch = dims[0], length = dims[1], gate_width = dims[2], hidden = gate_width / 4;
@@ -249,10 +251,12 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   float* dz_out = dz->typed_data();
   float* dh_out = dh0->typed_data();
   float* dc_out = dc0->typed_data();
+  float* db_out = db->typed_data();
   over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> dc(dc_end + first * hidden, dc_end + (first + rows) * hidden);
+    std::vector<float> bias_sum(rows * gate_width, 0.0f);
     const int64_t gate_stride = length * gate_width, state_stride = length * hidden;
     for (int64_t t = length - 1; t >= 0; --t) {
       float* dzt = dz_out + first * gate_stride + t * gate_width;
@@ -266,12 +270,15 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
         float* dcr = dc.data() + r * hidden;
         float* dzr = dzt + r * gate_stride;
         backward_gates(hidden, ar, cr, c_prev, dyr, dhr, dcr, dzr);
+        float* sum = bias_sum.data() + r * gate_width;
+        for (int64_t n = 0; n < gate_width; ++n) sum[n] += dzr[n];
       }
       // dh <- dz_t W_hh for this thread's rows.
       matrix_product(rows, dzt, gate_stride, w, nullptr, 0, nullptr, dh.data(), hidden);
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(dc_out + first * hidden, dc.data(), rows * hidden * sizeof(float));
+    std::memcpy(db_out + first * gate_width, bias_sum.data(), rows * gate_width * sizeof(float));
   });
   return ffi::Error::Success();
 }
@@ -298,6 +305,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_backward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
