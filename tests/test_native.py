@@ -178,6 +178,21 @@ def test_what_the_native_loops_leave_to_xla():
 
 
 @needs_native
+def test_an_ensemble_in_rematerialised_chunks_equals_the_plain_scan():
+    """Inside a chunk's loop the weights' batching cannot be seen while tracing, so an ensemble
+    reaches the native loops there; it runs one call per sequence."""
+    cells = jax.vmap(lambda k: recurrax.LSTM(5, 16, key=k))(jax.random.split(jax.random.key(2), 2))
+    xs = jax.random.normal(jax.random.key(1), (2, 3, 8, 5))  # member, batch, time, input
+
+    def loss(cells, xs):
+        member = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s, chunk_size=4)[0])(x)  # noqa: E731
+        return jnp.sum(jnp.sin(jax.vmap(member)(cells, xs)))
+
+    native_result, plain_result = values_and_gradients(loss, cells, xs)
+    assert_close(native_result, plain_result)
+
+
+@needs_native
 def test_native_loops_have_first_order_derivatives_only():
     cell, xs = layer_and_inputs(batch=2)
     loss = lambda c, x: jnp.sum(jax.vmap(lambda x: recurrax.scan(c, x)[0])(x) ** 2)  # noqa: E731

@@ -903,7 +903,9 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
       change to the program (``benchmarks/profile_step.py --timeline`` shows them); how long a
       piece pays best to be therefore differs by cell and from run to run (``Rule.piece_steps``).
 
-    Off a CPU (one kernel after another on a GPU) a sequence is one piece.
+    Off a CPU (one kernel after another on a GPU) a sequence is one piece. So is an LSTM on the
+    native loops (:func:`runs_native`), which use every core themselves: :func:`fused_scan` does not
+    ask this function then.
 
     Inside ``with recurrax.fused.pieces(count):`` every batch size, platform and cell gets ``count``
     pieces instead (at most one a step).
@@ -977,7 +979,7 @@ def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: 
 # The LSTM's loops as native code (recurrax.native)
 
 
-def runs_native(cell: Cell, xs, h0, starts, mask, platform: str | None = None) -> bool:
+def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
     """Whether the fused scan of ``cell`` over ``xs`` runs the native loops of
     :mod:`recurrax.native` instead of XLA's: an :class:`~recurrax.LSTM` (not a subclass) in
     float32 with a hidden size that is a multiple of 16, on a CPU, without ``starts`` or ``mask``,
@@ -986,7 +988,7 @@ def runs_native(cell: Cell, xs, h0, starts, mask, platform: str | None = None) -
     """
     if type(cell) is not LSTM or starts is not None or mask is not None or not native.enabled():
         return False
-    if (platform or jax.default_backend()) != "cpu" or cell.hidden_size % 16 != 0:
+    if jax.default_backend() != "cpu" or cell.hidden_size % 16 != 0:
         return False
     arrays = [xs, cell.weight_ih, cell.weight_hh, cell.bias, *jax.tree_util.tree_leaves(h0)]
     if any(a.dtype != jnp.float32 for a in arrays):
@@ -997,22 +999,27 @@ def runs_native(cell: Cell, xs, h0, starts, mask, platform: str | None = None) -
 
 
 def _batched_call(kernel, batched_args: tuple[bool, ...]):
-    """``kernel`` (which takes a batch) as a function of one sequence's arrays: unbatched it runs a
-    batch of one; under ``jax.vmap`` the arguments marked in ``batched_args`` carry the batch and
-    the others (weights) are passed as they are, and the rest are broadcast over the batch."""
+    """``kernel``, whose arguments marked True in ``batched_args`` have a leading batch axis, as a
+    function of one sequence's arrays: unbatched it runs a batch of one; under ``jax.vmap`` those
+    arguments not mapped are broadcast over the batch and the kernel runs once. Where ``vmap`` maps
+    the others (the weights: an ensemble, which :func:`runs_native` cannot see inside the body of a
+    rematerialised chunk) the kernel runs once per sequence, one after another."""
 
-    @jax.custom_batching.custom_vmap
-    def one(*args):
+    def one_sequence(*args):
         args = [a[None] if batched else a for a, batched in zip(args, batched_args)]
         return tuple(out[0] for out in kernel(*args))
+
+    one = jax.custom_batching.custom_vmap(one_sequence)
 
     @one.def_vmap
     def batched(axis_size, in_batched, *args):
         if any(b for b, per_batch in zip(in_batched, batched_args) if not per_batch):
-            raise NotImplementedError("the native LSTM loops take one set of weights for the whole batch")
-        args = [a if b or not per_batch else jnp.broadcast_to(a, (axis_size,) + a.shape)
-                for a, b, per_batch in zip(args, in_batched, batched_args)]
-        out = kernel(*args)
+            in_axes = tuple(0 if b else None for b in in_batched)
+            out = jax.vmap(one_sequence, in_axes=in_axes)(*args)  # the kernel's call maps sequentially
+        else:
+            args = [a if b or not per_batch else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                    for a, b, per_batch in zip(args, in_batched, batched_args)]
+            out = kernel(*args)
         return out, tuple(True for _ in out)
 
     return one
