@@ -111,6 +111,13 @@ def runs_native(function, *args) -> bool:
     return "recurrax_lstm_forward" in str(jax.make_jaxpr(function)(*args))
 
 
+def assert_native_equals_plain(loss, *args):
+    """``loss`` runs the native loops, and its value and gradients equal the plain scan's."""
+    assert runs_native(loss, *args)
+    native_result, plain_result = values_and_gradients(loss, *args)
+    assert_close(native_result, plain_result)
+
+
 @needs_native
 @pytest.mark.parametrize("reverse", [False, True])
 def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
@@ -121,9 +128,7 @@ def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
         ys, (h, c) = jax.vmap(lambda x: recurrax.scan(cell, x, h0, reverse=reverse))(xs)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c)
 
-    assert runs_native(loss, cell, xs)
-    native_result, plain_result = values_and_gradients(loss, cell, xs)
-    assert_close(native_result, plain_result)
+    assert_native_equals_plain(loss, cell, xs)
 
 
 @needs_native
@@ -138,9 +143,20 @@ def test_bidirectional_chunks_one_sequence_and_nested_vmap_equal_the_plain_scan(
         nested = jnp.sum(jax.vmap(jax.vmap(lambda x: recurrax.scan(cell, x)[0]))(xs.reshape(1, *xs.shape)))
         return bi + chunked + single + nested
 
-    assert runs_native(loss, cell, xs)
-    native_result, plain_result = values_and_gradients(loss, cell, xs)
-    assert_close(native_result, plain_result)
+    assert_native_equals_plain(loss, cell, xs)
+
+
+@needs_native
+def test_native_loops_run_one_piece_of_time_unless_the_user_sets_more():
+    cell, xs = layer_and_inputs(batch=32, length=7)
+    layer = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s)[0])(x)  # noqa: E731
+    calls = lambda: str(jax.make_jaxpr(layer)(cell, xs)).count("recurrax_lstm_forward")  # noqa: E731
+    assert calls() == 1
+    with recurrax.fused.pieces(3):
+        assert calls() == 3
+        assert_native_equals_plain(lambda c, x: jnp.sum(jnp.sin(layer(c, x))), cell, xs)
+    with recurrax.fused.pieces(20):  # at most one a step
+        assert calls() == 7
 
 
 @needs_native
@@ -188,8 +204,7 @@ def test_an_ensemble_in_rematerialised_chunks_equals_the_plain_scan():
         member = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s, chunk_size=4)[0])(x)  # noqa: E731
         return jnp.sum(jnp.sin(jax.vmap(member)(cells, xs)))
 
-    native_result, plain_result = values_and_gradients(loss, cells, xs)
-    assert_close(native_result, plain_result)
+    assert_native_equals_plain(loss, cells, xs)
 
 
 @needs_native

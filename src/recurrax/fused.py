@@ -929,23 +929,31 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     consecutive pieces of time, each a fused scan of its own, as many as :func:`time_pieces`
     chooses for the batch size that ``jax.vmap`` maps the call over: ``batch`` where the caller
     knows it, else read from ``vmap`` (:func:`recurrax._batching.mapped_batch_size`), which cannot
-    tell it inside the body of a ``jax.lax.scan`` (a chunk of a long sequence).
+    tell it inside the body of a ``jax.lax.scan`` (a chunk of a long sequence). An LSTM on the
+    native loops (:func:`runs_native`) runs as one piece unless :func:`pieces` says otherwise.
     """
     rule = rule_for(cell)
     if rule is None:
         raise ValueError(f"{type(cell).__name__} has no fused scan; use fused=False")
     length = xs.shape[0]
-    if runs_native(cell, xs, h0, starts, mask):
-        pieces = _PIECES.value or 1  # the native loops use every core; nothing runs beside them
+    native_loops = runs_native(cell, xs, h0, starts, mask)
+
+    def piece(xs, state, starts, mask):
+        if native_loops:  # (starts and mask are None)
+            return _native_piece(cell, xs, state)
+        return _fused_piece(rule, cell, xs, state, h_reset, starts, mask, unroll)
+
+    if native_loops and _PIECES.value is None:
+        pieces = 1  # the native loops use every core; nothing would run beside them
     else:
         pieces = time_pieces(cell, mapped_batch_size(xs) if batch is None else batch, length)
     if pieces == 1:
-        return _fused_piece(rule, cell, xs, h0, h_reset, starts, mask, unroll)
+        return piece(xs, h0, starts, mask)
     bounds = _piece_bounds(length, pieces)
     ys, state = [], h0
     for start, stop in zip(bounds[:-1], bounds[1:]):
         cut = lambda a: None if a is None else a[start:stop]  # noqa: E731
-        y, state = _fused_piece(rule, cell, xs[start:stop], state, h_reset, cut(starts), cut(mask), unroll)
+        y, state = piece(xs[start:stop], state, cut(starts), cut(mask))
         ys.append(y)
     return jnp.concatenate(ys), state
 
@@ -957,8 +965,6 @@ def _piece_bounds(length: int, pieces: int) -> list[int]:
 
 def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: int):
     """One fused scan over all of ``xs``: forward loop, inference loop, carriers, backward rule."""
-    if runs_native(cell, xs, h0, starts, mask):
-        return _native_piece(cell, xs, h0)
     ps = _input_carriers(cell, xs, rule.gate_blocks)  # their values are never used (the loop projects)
     loop_inputs = (rule, sg(cell), sg(xs), sg(h0), sg(h_reset), starts, mask, unroll)
     states, res = jax.tree_util.tree_map(sg, _forward_loop(*loop_inputs))
