@@ -62,6 +62,9 @@ def test_kernels_follow_the_equations(batch, hidden):
     want = lstm_reference(p, bias, w_hh, h0, c0)
     for got, expected in zip((gates, hs, cs), want):
         np.testing.assert_allclose(got, expected, atol=2e-6)
+    hs_only, c_last = jax.jit(native.lstm_inference)(xs, w_t, bias, h0, c0)
+    np.testing.assert_allclose(hs_only, want[1], atol=2e-6)
+    np.testing.assert_allclose(c_last, want[2][:, -1], atol=2e-6)
 
     rng = np.random.default_rng(1)
     dys = rng.normal(size=(batch, length, hidden)).astype(np.float32)
@@ -144,6 +147,16 @@ def test_bidirectional_chunks_one_sequence_and_nested_vmap_equal_the_plain_scan(
         return bi + chunked + single + nested
 
     assert_native_equals_plain(loss, cell, xs)
+
+
+@needs_native
+def test_a_call_not_differentiated_runs_the_inference_loop_alone():
+    cell, xs = layer_and_inputs()
+    layer = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s)[0])(x)  # noqa: E731
+    inference = jax.jit(layer).lower(cell, xs).compile().as_text()
+    training = jax.jit(jax.grad(lambda c, x: jnp.sum(layer(c, x)))).lower(cell, xs).compile().as_text()
+    assert "recurrax_lstm_inference" in inference and "recurrax_lstm_forward" not in inference
+    assert "recurrax_lstm_forward" in training and "recurrax_lstm_inference" not in training
 
 
 @needs_native

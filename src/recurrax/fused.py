@@ -1032,6 +1032,7 @@ def _batched_call(kernel, batched_args: tuple[bool, ...]):
 
 
 _native_forward = _batched_call(native.lstm_forward, (True, False, False, True, True))
+_native_inference = _batched_call(native.lstm_inference, (True, False, False, True, True))
 _native_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, False))
 
 
@@ -1044,20 +1045,26 @@ def _native_piece(cell: LSTM, xs, h0):
     frozen = sg(cell)
     h_first, c_first = sg(h0)
     w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
-    gates, hs, cs = _native_forward(sg(xs), w_t, frozen.bias, h_first, c_first)
+    loop_inputs = (sg(xs), w_t, frozen.bias, h_first, c_first)
+    gates, hs, cs = _native_forward(*loop_inputs)
+    inference = _native_inference(*loop_inputs)  # XLA keeps whichever of the two loops is read
     prev_h = jnp.concatenate([h_first[None], hs[:-1]])
     carriers = (_matvec_rows(prev_h, cell.weight_hh),)
-    return _native_attach(projections, cell.bias, carriers, h0, gates, hs, cs, frozen.weight_hh)
+    return _native_attach(projections, cell.bias, carriers, h0, gates, hs, cs, frozen.weight_hh, inference)
 
 
-def _native_attach(projections, bias, carriers, h0, gates, hs, cs, w_hh):
-    """``(ys, final state)`` from the native forward loop's states; its VJP is the native backward
-    loop, whose pre-activation gradients are the cotangents of the projections and carriers."""
-    del projections, bias, carriers, h0, gates, w_hh
-    return hs, (hs[-1], cs[-1])
+def _native_attach(projections, bias, carriers, h0, gates, hs, cs, w_hh, inference):
+    """``(ys, final state)``: from the native inference loop where nobody differentiates them;
+    differentiated, from the forward loop that saves the gates and states, and the VJP is the
+    native backward loop, whose pre-activation gradients are the cotangents of the projections
+    and carriers."""
+    del projections, bias, carriers, h0, gates, hs, cs, w_hh
+    hs, c_last = inference
+    return hs, (hs[-1], c_last)
 
 
-def _native_attach_fwd(projections, bias, carriers, h0, gates, hs, cs, w_hh):
+def _native_attach_fwd(projections, bias, carriers, h0, gates, hs, cs, w_hh, inference):
+    del inference
     out = _first_order_only((hs, (hs[-1], cs[-1])), (projections, bias, carriers, h0))
     return out, (h0[1], gates, cs, w_hh)
 
@@ -1066,7 +1073,7 @@ def _native_attach_bwd(saved, cts):
     c_first, gates, cs, w_hh = saved
     dys, (dh_last, dc_last) = cts
     dz, dh0, dc0, db = _native_backward(gates, cs, dys, dh_last, dc_last, c_first, w_hh)
-    return dz, db, (dz,), (dh0, dc0), None, None, None, None
+    return dz, db, (dz,), (dh0, dc0), None, None, None, None, None
 
 
 _native_attach = jax.custom_vjp(_native_attach)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 SOURCE = Path(__file__).with_name("lstm.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-_TARGETS = ("recurrax_lstm_forward", "recurrax_lstm_backward")
+_TARGETS = ("recurrax_lstm_forward", "recurrax_lstm_inference", "recurrax_lstm_backward")
 
 _ENABLED = jax.make_user_context(default_value=True)
 _log = logging.getLogger(__name__)
@@ -179,6 +179,18 @@ def lstm_forward(xs, w_t, bias, h0, c0):
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32))
     return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(xs, w_t, bias, h0, c0)
+
+
+def lstm_inference(xs, w_t, bias, h0, c0):
+    """:func:`lstm_forward` for a call that is not differentiated: the states h after each step
+    (B, T, H) and the last cell state (B, H) only (the gates stay in a buffer of each thread's
+    rows)."""
+    _require()
+    batch, length, _ = xs.shape
+    hidden = w_t.shape[1] // 4
+    out = (jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
+           jax.ShapeDtypeStruct((batch, hidden), jnp.float32))
+    return jax.ffi.ffi_call("recurrax_lstm_inference", out, vmap_method="sequential")(xs, w_t, bias, h0, c0)
 
 
 def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):

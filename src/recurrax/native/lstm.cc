@@ -145,12 +145,15 @@ void over_rows(int64_t batch, Work work) {
   for (auto& helper : helpers) helper.join();
 }
 
-// Shapes: xs (B, T, I), w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0 (B, H) ->
-// gates (B, T, 4H), hs and cs (B, T, H). Each step takes its input and recurrent products as one,
-// [x_t, h_{t-1}] [W_ih^T; W_hh^T], from a buffer of the thread's rows that holds x_t beside h.
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
-                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs) {
+// The forward loop. Shapes: xs (B, T, I), w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0
+// (B, H); it writes hs (B, T, H), and either the gates (B, T, 4H) and cs (B, T, H) (training: the
+// backward loop reads them) or, where gates_out is null (inference), only the last cell state
+// c_last (B, H), the gates staying in a buffer of the thread's rows. Each step takes its input and
+// recurrent products as one, [x_t, h_{t-1}] [W_ih^T; W_hh^T], from a buffer of the thread's rows
+// that holds x_t beside h.
+ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
+                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, float* gates_out, float* hs_out,
+                        float* cs_out, float* c_last_out) {
   const auto dims = xs.dimensions();
   const auto w_dims = w_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
@@ -167,27 +170,25 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, 
   const float* b = bias.typed_data();
   const float* x_in = xs.typed_data();
   const Panels w(w_t.typed_data(), joint, gate_width);
-  float* a_out = gates->typed_data();
-  float* h_out = hs->typed_data();
-  float* c_out = cs->typed_data();
   const float* h_first = h0.typed_data();
   const float* c_first = c0.typed_data();
   over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> xh(rows * joint);  // row r: x_t, then h_{t-1}
     std::vector<float> c(c_first + first * hidden, c_first + (first + rows) * hidden);
+    std::vector<float> scratch(gates_out ? 0 : rows * gate_width);
     for (int64_t r = 0; r < rows; ++r) {
       std::memcpy(xh.data() + r * joint + inputs, h_first + (first + r) * hidden, hidden * sizeof(float));
     }
-    const int64_t row_stride = length * gate_width;  // between sequences in gates
+    const int64_t a_stride = gates_out ? length * gate_width : gate_width;  // between rows of a
     for (int64_t t = 0; t < length; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         std::memcpy(xh.data() + r * joint, x_in + ((first + r) * length + t) * inputs, inputs * sizeof(float));
       }
-      float* a = a_out + first * row_stride + t * gate_width;
-      matrix_product(rows, xh.data(), joint, w, nullptr, 0, b, a, row_stride);
+      float* a = gates_out ? gates_out + first * a_stride + t * gate_width : scratch.data();
+      matrix_product(rows, xh.data(), joint, w, nullptr, 0, b, a, a_stride);
       for (int64_t r = 0; r < rows; ++r) {
-        float* ar = a + r * row_stride;
+        float* ar = a + r * a_stride;
         for (int64_t n = 0; n < 2 * hidden; ++n) ar[n] = sigmoid_approx(ar[n]);
         for (int64_t n = 2 * hidden; n < 3 * hidden; ++n) ar[n] = tanh_approx(ar[n]);
         for (int64_t n = 3 * hidden; n < gate_width; ++n) ar[n] = sigmoid_approx(ar[n]);
@@ -199,12 +200,27 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, 
           hr[k] = ar[3 * hidden + k] * tanh_approx(cell);
         }
         const int64_t at = ((first + r) * length + t) * hidden;
-        std::memcpy(h_out + at, hr, hidden * sizeof(float));
-        std::memcpy(c_out + at, cr, hidden * sizeof(float));
+        std::memcpy(hs_out + at, hr, hidden * sizeof(float));
+        if (cs_out) std::memcpy(cs_out + at, cr, hidden * sizeof(float));
       }
     }
+    if (c_last_out) std::memcpy(c_last_out + first * hidden, c.data(), rows * hidden * sizeof(float));
   });
   return ffi::Error::Success();
+}
+
+// Training: -> gates (B, T, 4H), hs and cs (B, T, H).
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
+                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs) {
+  return forward_loop(xs, w_t, bias, h0, c0, gates->typed_data(), hs->typed_data(), cs->typed_data(), nullptr);
+}
+
+// Inference: -> hs (B, T, H) and the last cell state (B, H).
+ffi::Error LstmInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
+                             ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+                             ffi::ResultBuffer<ffi::F32> c_last) {
+  return forward_loop(xs, w_t, bias, h0, c0, nullptr, hs->typed_data(), nullptr, c_last->typed_data());
 }
 
 // One sequence's step of the backward loop, elementwise: the pre-activation gradients dz from the
@@ -295,6 +311,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_forward, LstmForwardImpl,
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_inference, LstmInferenceImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>());
 
