@@ -27,8 +27,8 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// tanh by a rational function: float32 accuracy (the approximation XLA's CPU code uses too),
-// exact for |x| >= 7.9 where it is +-1 in float32; NaN stays NaN (the comparisons fail).
+// tanh by a rational function: float32 accuracy (largest error against float64 on [-12, 12]
+// 2.6e-7, as XLA's CPU tanh), +-1 for |x| >= 7.9; NaN stays NaN (the comparisons fail).
 inline float tanh_approx(float x) {
   const float bound = 7.90531110763549805f;
   x = x > bound ? bound : (x < -bound ? -bound : x);
