@@ -1,10 +1,10 @@
 """The LSTM's native loops (recurrax.native) against the equations and against XLA's loops.
 
 The kernels are checked against the LSTM's equations written out in NumPy (forward) and against
-JAX's autodiff of the same equations (backward), with 1 and 2 threads and column counts that need
-the narrow product block; the layer's values and gradients on the native path against the plain
-scan, batched, reversed, bidirectional, in chunks, per example and nested; and the cases the
-native loops leave to XLA. They run where the native code can be built (Linux, x86-64 with
+JAX's autodiff of the same equations (backward), with masked steps, 1 and 2 threads and column
+counts that need the narrow product block; the layer's values and gradients on the native path
+against the plain scan, batched, masked, reversed, bidirectional, in chunks, per example and
+nested; and the cases the native loops leave to XLA. They run where the native code can be built (Linux, x86-64 with
 AVX-512 and a C++ compiler); elsewhere recurrax.native.build_error() says why they are skipped.
 """
 
@@ -24,8 +24,9 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def lstm_reference(p, bias, w_hh, h0, c0):
-    """The LSTM's loop in float64 NumPy: gates (B, T, 4H), hs, cs (B, T, H)."""
+def lstm_reference(p, mask, bias, w_hh, h0, c0):
+    """The LSTM's loop in float64 NumPy, a masked step keeping the state: gates (B, T, 4H), hs, cs
+    (B, T, H)."""
     hidden = w_hh.shape[1]
     h, c = h0.astype(np.float64), c0.astype(np.float64)
     gates, hs, cs = [], [], []
@@ -33,8 +34,9 @@ def lstm_reference(p, bias, w_hh, h0, c0):
         z = p[:, t] + bias + h @ w_hh.T
         i, f = sigmoid(z[:, :hidden]), sigmoid(z[:, hidden:2 * hidden])
         g, o = np.tanh(z[:, 2 * hidden:3 * hidden]), sigmoid(z[:, 3 * hidden:])
-        c = f * c + i * g
-        h = o * np.tanh(c)
+        valid = mask[:, t:t + 1] > 0
+        c = np.where(valid, f * c + i * g, c)
+        h = np.where(valid, o * np.tanh(c), h)
         gates.append(np.concatenate([i, f, g, o], axis=1))
         hs.append(h)
         cs.append(c)
@@ -56,13 +58,16 @@ def random_inputs(batch, length, hidden, inputs=5, seed=0):
 def test_kernels_follow_the_equations(batch, hidden):
     length = 6
     xs, w_ih, bias, w_hh, h0, c0 = random_inputs(batch, length, hidden)
+    mask = (np.random.default_rng(4).random((batch, length)) > 0.3).astype(np.float32)
     w_t = np.concatenate([w_ih, w_hh], axis=1).T.copy()
-    gates, hs, cs = jax.jit(native.lstm_forward)(xs, w_t, bias, h0, c0)
+    gates, hs, cs = jax.jit(native.lstm_forward)(xs, mask, w_t, bias, h0, c0)
     p = xs.astype(np.float64) @ w_ih.T
-    want = lstm_reference(p, bias, w_hh, h0, c0)
-    for got, expected in zip((gates, hs, cs), want):
+    want = lstm_reference(p, mask, bias, w_hh, h0, c0)
+    valid = mask[:, :, None] > 0  # a masked step's gates are not used
+    np.testing.assert_allclose(np.where(valid, gates, 0), np.where(valid, want[0], 0), atol=2e-6)
+    for got, expected in zip((hs, cs), want[1:]):
         np.testing.assert_allclose(got, expected, atol=2e-6)
-    hs_only, c_last = jax.jit(native.lstm_inference)(xs, w_t, bias, h0, c0)
+    hs_only, c_last = jax.jit(native.lstm_inference)(xs, mask, w_t, bias, h0, c0)
     np.testing.assert_allclose(hs_only, want[1], atol=2e-6)
     np.testing.assert_allclose(c_last, want[2][:, -1], atol=2e-6)
 
@@ -71,20 +76,21 @@ def test_kernels_follow_the_equations(batch, hidden):
     dh_last, dc_last = (rng.normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
 
     def loss(p, h0, c0):  # the same equations in jnp, differentiated by JAX
-        def step(carry, pt):
+        def step(carry, inputs):
             h, c = carry
+            pt, valid = inputs
             z = pt + bias + h @ w_hh.T
             i, f = jax.nn.sigmoid(z[:, :hidden]), jax.nn.sigmoid(z[:, hidden:2 * hidden])
             g, o = jnp.tanh(z[:, 2 * hidden:3 * hidden]), jax.nn.sigmoid(z[:, 3 * hidden:])
-            c = f * c + i * g
-            h = o * jnp.tanh(c)
+            c = jnp.where(valid[:, None] > 0, f * c + i * g, c)
+            h = jnp.where(valid[:, None] > 0, o * jnp.tanh(c), h)
             return (h, c), h
 
-        (h, c), ys = jax.lax.scan(step, (h0, c0), jnp.swapaxes(p, 0, 1))
+        (h, c), ys = jax.lax.scan(step, (h0, c0), (jnp.swapaxes(p, 0, 1), mask.T))
         return jnp.sum(jnp.swapaxes(ys, 0, 1) * dys) + jnp.sum(h * dh_last) + jnp.sum(c * dc_last)
 
     dp, dh0, dc0 = jax.grad(loss, argnums=(0, 1, 2))(p.astype(np.float32), h0, c0)
-    got = jax.jit(native.lstm_backward)(gates, cs, dys, dh_last, dc_last, c0, w_hh)
+    got = jax.jit(native.lstm_backward)(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
     for g, expected in zip(got, (dp, dh0, dc0, jnp.sum(dp, axis=1))):
         np.testing.assert_allclose(g, expected, atol=5e-6)
 
@@ -126,10 +132,12 @@ def assert_native_equals_plain(loss, *args):
 def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
     cell, xs = layer_and_inputs()
     h0 = (0.3 * jnp.ones(16), -0.2 * jnp.ones(16))
+    mask = jax.random.bernoulli(jax.random.key(3), 0.7, xs.shape[:2]).at[:, -1].set(False)
 
     def loss(cell, xs):
         ys, (h, c) = jax.vmap(lambda x: recurrax.scan(cell, x, h0, reverse=reverse))(xs)
-        return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c)
+        masked, (hm, cm) = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=reverse))(xs, mask)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c) + jnp.sum(jnp.cos(masked)) + jnp.sum(hm * cm)
 
     assert_native_equals_plain(loss, cell, xs)
 
@@ -196,7 +204,6 @@ def test_what_the_native_loops_leave_to_xla():
     with recurrax.native.disabled():
         assert not runs_native(layer, cell, xs)
     assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s), cell, xs, flags)
-    assert not runs_native(lambda c, x, m: jax.vmap(lambda x, m: recurrax.scan(c, x, mask=m)[0])(x, m), cell, xs, flags)
     narrow = recurrax.LSTM(5, 12, key=jax.random.key(0))  # hidden size not a multiple of 16
     assert not runs_native(layer, narrow, xs)
     gru = recurrax.GRU(5, 16, key=jax.random.key(0))

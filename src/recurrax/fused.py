@@ -31,7 +31,7 @@ What differs from differentiating the plain loop:
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
 * **Native loops for LSTM.** On a CPU an :class:`~recurrax.LSTM` in float32 (hidden size a
-  multiple of 16, no ``starts`` or ``mask``) runs both loops as native code
+  multiple of 16, no ``starts``) runs both loops as native code
   (:mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
   batch through every step, so the steps use every core, which XLA's loops cannot
   (:func:`runs_native`). The projections and the weight-gradient products stay in XLA, as below.
@@ -939,8 +939,8 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     native_loops = runs_native(cell, xs, h0, starts, mask)
 
     def piece(xs, state, starts, mask):
-        if native_loops:  # (starts and mask are None)
-            return _native_piece(cell, xs, state)
+        if native_loops:  # (starts is None)
+            return _native_piece(cell, xs, state, mask)
         return _fused_piece(rule, cell, xs, state, h_reset, starts, mask, unroll)
 
     if native_loops and _PIECES.value is None:
@@ -988,11 +988,11 @@ def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: 
 def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
     """Whether the fused scan of ``cell`` over ``xs`` runs the native loops of
     :mod:`recurrax.native` instead of XLA's: an :class:`~recurrax.LSTM` (not a subclass) in
-    float32 with a hidden size that is a multiple of 16, on a CPU, without ``starts`` or ``mask``,
+    float32 with a hidden size that is a multiple of 16, on a CPU, without ``starts``,
     its weights shared by the batch (not an ensemble under ``jax.vmap``), where the native code is
     built (:func:`recurrax.native.available`) and not switched off (:func:`recurrax.native.disabled`).
     """
-    if type(cell) is not LSTM or starts is not None or mask is not None or not native.enabled():
+    if type(cell) is not LSTM or starts is not None or not native.enabled():
         return False
     if jax.default_backend() != "cpu" or cell.hidden_size % 16 != 0:
         return False
@@ -1031,49 +1031,53 @@ def _batched_call(kernel, batched_args: tuple[bool, ...]):
     return one
 
 
-_native_forward = _batched_call(native.lstm_forward, (True, False, False, True, True))
-_native_inference = _batched_call(native.lstm_inference, (True, False, False, True, True))
-_native_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, False))
+_native_forward = _batched_call(native.lstm_forward, (True, True, False, False, True, True))
+_native_inference = _batched_call(native.lstm_inference, (True, True, False, False, True, True))
+_native_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, True, False))
 
 
-def _native_piece(cell: LSTM, xs, h0):
+def _native_piece(cell: LSTM, xs, h0, mask):
     """One LSTM scan over ``xs`` through the native loops (:mod:`recurrax.native`), whose forward
     loop also takes the input products; the weight gradients come from XLA's products over all
     steps, through the carriers, as on the rest of the fused path, and the bias's from the
-    backward loop, summed over each sequence's steps there (and over the batch by ``vmap``)."""
+    backward loop, summed over each sequence's steps there (and over the batch by ``vmap``).
+    A masked step keeps the state (in the loops) and outputs zeros (here)."""
     projections = xs @ cell.weight_ih.T  # a carrier: its value is never used
     frozen = sg(cell)
     h_first, c_first = sg(h0)
+    steps = jnp.ones(xs.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
     w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
-    loop_inputs = (sg(xs), w_t, frozen.bias, h_first, c_first)
+    loop_inputs = (sg(xs), steps, w_t, frozen.bias, h_first, c_first)
     gates, hs, cs = _native_forward(*loop_inputs)
     inference = _native_inference(*loop_inputs)  # XLA keeps whichever of the two loops is read
     prev_h = jnp.concatenate([h_first[None], hs[:-1]])
     carriers = (_matvec_rows(prev_h, cell.weight_hh),)
-    return _native_attach(projections, cell.bias, carriers, h0, gates, hs, cs, frozen.weight_hh, inference)
+    states, final = _native_attach(projections, cell.bias, carriers, h0, steps, gates, hs, cs, frozen.weight_hh,
+                                   inference)
+    return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
 
 
-def _native_attach(projections, bias, carriers, h0, gates, hs, cs, w_hh, inference):
-    """``(ys, final state)``: from the native inference loop where nobody differentiates them;
-    differentiated, from the forward loop that saves the gates and states, and the VJP is the
+def _native_attach(projections, bias, carriers, h0, steps, gates, hs, cs, w_hh, inference):
+    """``(states h, final state)``: from the native inference loop where nobody differentiates
+    them; differentiated, from the forward loop that saves the gates and states, and the VJP is the
     native backward loop, whose pre-activation gradients are the cotangents of the projections
     and carriers."""
-    del projections, bias, carriers, h0, gates, hs, cs, w_hh
+    del projections, bias, carriers, h0, steps, gates, hs, cs, w_hh
     hs, c_last = inference
     return hs, (hs[-1], c_last)
 
 
-def _native_attach_fwd(projections, bias, carriers, h0, gates, hs, cs, w_hh, inference):
+def _native_attach_fwd(projections, bias, carriers, h0, steps, gates, hs, cs, w_hh, inference):
     del inference
     out = _first_order_only((hs, (hs[-1], cs[-1])), (projections, bias, carriers, h0))
-    return out, (h0[1], gates, cs, w_hh)
+    return out, (h0[1], steps, gates, cs, w_hh)
 
 
 def _native_attach_bwd(saved, cts):
-    c_first, gates, cs, w_hh = saved
+    c_first, steps, gates, cs, w_hh = saved
     dys, (dh_last, dc_last) = cts
-    dz, dh0, dc0, db = _native_backward(gates, cs, dys, dh_last, dc_last, c_first, w_hh)
-    return dz, db, (dz,), (dh0, dc0), None, None, None, None, None
+    dz, dh0, dc0, db = _native_backward(gates, cs, dys, steps, dh_last, dc_last, c_first, w_hh)
+    return dz, db, (dz,), (dh0, dc0), None, None, None, None, None, None
 
 
 _native_attach = jax.custom_vjp(_native_attach)

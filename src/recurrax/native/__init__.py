@@ -165,8 +165,9 @@ def _require() -> None:
         raise RuntimeError(f"recurrax's native LSTM loops are not available: {build_error()}")
 
 
-def lstm_forward(xs, w_t, bias, h0, c0):
-    """The LSTM's forward loop over a batch: ``xs`` (B, T, I) the inputs, ``w_t`` (I + H, 4H) the
+def lstm_forward(xs, mask, w_t, bias, h0, c0):
+    """The LSTM's forward loop over a batch: ``xs`` (B, T, I) the inputs, ``mask`` (B, T) float32
+    (1: the step runs; 0: the state stays as it is), ``w_t`` (I + H, 4H) the
     input and recurrent matrices transposed and stacked, ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (4H), ``h0``,
     ``c0`` (B, H); float32, H a multiple of 16. Returns the gate activations (B, T, 4H) (i, f, g, o
     after their sigmoid or tanh) and the states h, c after each step (B, T, H each). An outer
@@ -178,10 +179,10 @@ def lstm_forward(xs, w_t, bias, h0, c0):
     out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
            jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(xs, w_t, bias, h0, c0)
+    return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(xs, mask, w_t, bias, h0, c0)
 
 
-def lstm_inference(xs, w_t, bias, h0, c0):
+def lstm_inference(xs, mask, w_t, bias, h0, c0):
     """:func:`lstm_forward` for a call that is not differentiated: the states h after each step
     (B, T, H) and the last cell state (B, H) only (the gates stay in a buffer of each thread's
     rows)."""
@@ -190,12 +191,13 @@ def lstm_inference(xs, w_t, bias, h0, c0):
     hidden = w_t.shape[1] // 4
     out = (jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
            jax.ShapeDtypeStruct((batch, hidden), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_inference", out, vmap_method="sequential")(xs, w_t, bias, h0, c0)
+    return jax.ffi.ffi_call("recurrax_lstm_inference", out, vmap_method="sequential")(xs, mask, w_t, bias, h0, c0)
 
 
-def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):
+def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
     """The LSTM's backward loop over a batch, from the last step to the first: ``gates`` and ``cs``
-    from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the outputs h, ``dh_last``,
+    from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the states h, ``mask`` as there
+    (a masked step passes the state's gradients on), ``dh_last``,
     ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as the cell stores
     it. Returns the gradients of the pre-activations (B, T, 4H), of the initial state (h0, c0) and
     the sum of each sequence's pre-activation gradients over its steps (B, 4H: the bias's)."""
@@ -207,4 +209,4 @@ def lstm_backward(gates, cs, dys, dh_last, dc_last, c0, w_hh):
            jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
            jax.ShapeDtypeStruct((batch, width), jnp.float32))
     return jax.ffi.ffi_call("recurrax_lstm_backward", out, vmap_method="sequential")(
-        gates, cs, dys, dh_last, dc_last, c0, w_hh)
+        gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)

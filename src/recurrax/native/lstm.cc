@@ -145,15 +145,15 @@ void over_rows(int64_t batch, Work work) {
   for (auto& helper : helpers) helper.join();
 }
 
-// The forward loop. Shapes: xs (B, T, I), w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0
-// (B, H); it writes hs (B, T, H), and either the gates (B, T, 4H) and cs (B, T, H) (training: the
+// The forward loop. Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state),
+// w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0 (B, H); it writes the states hs (B, T, H), and either the gates (B, T, 4H) and cs (B, T, H) (training: the
 // backward loop reads them) or, where gates_out is null (inference), only the last cell state
 // c_last (B, H), the gates staying in a buffer of the thread's rows. Each step takes its input and
 // recurrent products as one, [x_t, h_{t-1}] [W_ih^T; W_hh^T], from a buffer of the thread's rows
 // that holds x_t beside h.
-ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
-                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, float* gates_out, float* hs_out,
-                        float* cs_out, float* c_last_out) {
+ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                        float* gates_out, float* hs_out, float* cs_out, float* c_last_out) {
   const auto dims = xs.dimensions();
   const auto w_dims = w_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
@@ -167,6 +167,10 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi
   if (bias.element_count() != static_cast<size_t>(gate_width)) {
     return ffi::Error::InvalidArgument("lstm_forward: bias must have 4H numbers");
   }
+  if (mask.element_count() != static_cast<size_t>(batch * length)) {
+    return ffi::Error::InvalidArgument("lstm_forward: mask must be (B, T)");
+  }
+  const float* valid = mask.typed_data();
   const float* b = bias.typed_data();
   const float* x_in = xs.typed_data();
   const Panels w(w_t.typed_data(), joint, gate_width);
@@ -194,10 +198,12 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi
         for (int64_t n = 3 * hidden; n < gate_width; ++n) ar[n] = sigmoid_approx(ar[n]);
         float* hr = xh.data() + r * joint + inputs;
         float* cr = c.data() + r * hidden;
-        for (int64_t k = 0; k < hidden; ++k) {
-          const float cell = ar[hidden + k] * cr[k] + ar[k] * ar[2 * hidden + k];
-          cr[k] = cell;
-          hr[k] = ar[3 * hidden + k] * tanh_approx(cell);
+        if (valid[(first + r) * length + t] != 0.0f) {  // a masked step keeps h and c
+          for (int64_t k = 0; k < hidden; ++k) {
+            const float cell = ar[hidden + k] * cr[k] + ar[k] * ar[2 * hidden + k];
+            cr[k] = cell;
+            hr[k] = ar[3 * hidden + k] * tanh_approx(cell);
+          }
         }
         const int64_t at = ((first + r) * length + t) * hidden;
         std::memcpy(hs_out + at, hr, hidden * sizeof(float));
@@ -210,17 +216,19 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi
 }
 
 // Training: -> gates (B, T, 4H), hs and cs (B, T, H).
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> gates,
-                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs) {
-  return forward_loop(xs, w_t, bias, h0, c0, gates->typed_data(), hs->typed_data(), cs->typed_data(), nullptr);
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                           ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> hs,
+                           ffi::ResultBuffer<ffi::F32> cs) {
+  return forward_loop(xs, mask, w_t, bias, h0, c0, gates->typed_data(), hs->typed_data(), cs->typed_data(),
+                      nullptr);
 }
 
 // Inference: -> hs (B, T, H) and the last cell state (B, H).
-ffi::Error LstmInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
-                             ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
-                             ffi::ResultBuffer<ffi::F32> c_last) {
-  return forward_loop(xs, w_t, bias, h0, c0, nullptr, hs->typed_data(), nullptr, c_last->typed_data());
+ffi::Error LstmInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                             ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_last) {
+  return forward_loop(xs, mask, w_t, bias, h0, c0, nullptr, hs->typed_data(), nullptr, c_last->typed_data());
 }
 
 // One sequence's step of the backward loop, elementwise: the pre-activation gradients dz from the
@@ -242,11 +250,12 @@ void backward_gates(int64_t hidden, const float* __restrict a, const float* __re
   }
 }
 
-// Shapes: gates (B, T, 4H), cs (B, T, H), dys (B, T, H), dh_last and dc_last (B, H), c0 (B, H),
-// w_hh (4H, H) -> dz (B, T, 4H), dh0 and dc0 (B, H), db (B, 4H): the sum of each sequence's dz
-// over its steps (the bias's gradient, per sequence).
+// Shapes: gates (B, T, 4H), cs (B, T, H), dys (B, T, H), mask (B, T), dh_last and dc_last (B, H),
+// c0 (B, H), w_hh (4H, H) -> dz (B, T, 4H), dh0 and dc0 (B, H), db (B, 4H): the sum of each
+// sequence's dz over its steps (the bias's gradient, per sequence). A masked step passes dh and dc
+// on unchanged and has dz = 0.
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> dys,
-                            ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::F32> c0,
+                            ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::F32> c0,
                             ffi::Buffer<ffi::F32> w_hh, ffi::ResultBuffer<ffi::F32> dz,
                             ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
                             ffi::ResultBuffer<ffi::F32> db) {
@@ -260,6 +269,10 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   const float* a_in = gates.typed_data();
   const float* c_in = cs.typed_data();
   const float* dy = dys.typed_data();
+  if (mask.element_count() != static_cast<size_t>(batch * length)) {
+    return ffi::Error::InvalidArgument("lstm_backward: mask must be (B, T)");
+  }
+  const float* valid = mask.typed_data();
   const Panels w(w_hh.typed_data(), gate_width, hidden);
   const float* c_first = c0.typed_data();
   const float* dh_end = dh_last.typed_data();
@@ -273,6 +286,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> dc(dc_end + first * hidden, dc_end + (first + rows) * hidden);
     std::vector<float> bias_sum(rows * gate_width, 0.0f);
+    std::vector<float> passed(rows * hidden);  // dh + dy of a masked step's row, kept past the product
     const int64_t gate_stride = length * gate_width, state_stride = length * hidden;
     for (int64_t t = length - 1; t >= 0; --t) {
       float* dzt = dz_out + first * gate_stride + t * gate_width;
@@ -285,12 +299,22 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
         float* dhr = dh.data() + r * hidden;
         float* dcr = dc.data() + r * hidden;
         float* dzr = dzt + r * gate_stride;
+        if (valid[seq * length + t] == 0.0f) {
+          std::fill(dzr, dzr + gate_width, 0.0f);
+          for (int64_t k = 0; k < hidden; ++k) passed[r * hidden + k] = dhr[k] + dyr[k];
+          continue;
+        }
         backward_gates(hidden, ar, cr, c_prev, dyr, dhr, dcr, dzr);
         float* sum = bias_sum.data() + r * gate_width;
         for (int64_t n = 0; n < gate_width; ++n) sum[n] += dzr[n];
       }
-      // dh <- dz_t W_hh for this thread's rows.
+      // dh <- dz_t W_hh for this thread's rows; a masked step's row passes its dh on.
       matrix_product(rows, dzt, gate_stride, w, nullptr, 0, nullptr, dh.data(), hidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (valid[(first + r) * length + t] == 0.0f) {
+          std::memcpy(dh.data() + r * hidden, passed.data() + r * hidden, hidden * sizeof(float));
+        }
+      }
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(dc_out + first * hidden, dc.data(), rows * hidden * sizeof(float));
@@ -310,6 +334,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_forward, LstmForwardImpl,
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>());
@@ -321,11 +346,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_inference, LstmInferenceImpl,
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_backward, LstmBackwardImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
