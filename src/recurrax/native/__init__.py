@@ -12,7 +12,8 @@ The code is compiled from ``lstm.cc`` on first use, with the machine's C++ compi
 else ``c++``, ``g++`` or ``clang++``) for the machine's own processor (``-march=native``) against
 the headers of XLA's FFI that ``jaxlib`` ships, and kept in a cache
 (``$RECURRAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/recurrax`` or ``~/.cache/recurrax``) under a name
-made from the source, the flags, the compiler and the processor, written atomically. Where it
+made from the source, the flags, the compiler, the processor and jaxlib's version, written
+atomically. Where it
 cannot be built (no compiler, a processor without AVX-512, not Linux on x86-64) or
 ``RECURRAX_NATIVE=0`` is set, :func:`available` is False and the fused scan runs XLA's loops;
 :func:`build_error` says why.
@@ -27,6 +28,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import logging
 import os
 import platform
@@ -87,8 +89,9 @@ def _cpu_flags() -> set[str]:
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        found = shutil.which(name) if name else None
+        if found:
+            return found
     return None
 
 
@@ -111,8 +114,9 @@ def _build() -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     flags = _cpu_flags()
     key = hashlib.sha256()
+    jaxlib_version = importlib.metadata.version("jaxlib")  # the FFI headers compiled against
     for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), " ".join(sorted(flags)).encode(),
-                 jax.ffi.include_dir().encode()):
+                 jax.ffi.include_dir().encode(), jaxlib_version.encode()):
         key.update(part)
         key.update(b"\0")
     target = _cache_dir() / f"lstm-{key.hexdigest()[:20]}.so"
