@@ -10,7 +10,9 @@
 //   dh += dy_t;   dc += dh * o * (1 - tanh(c_t)^2)
 //   dz_t = (dc * g, dc * c_{t-1}, dc * i, dh * tanh(c_t)) * (a(1 - a) or 1 - a^2 for g)
 //   dh <- dz_t W_hh,   dc <- dc * f
-// dz_t is written out: the weight gradients come from products over all steps, in XLA.
+// dz_t is written out (the weight gradients come from products over all steps, in XLA), and its
+// sum over each sequence's steps (the bias's gradient). A masked step keeps h and c and outputs
+// them as they are; backward it passes dh and dc on, with dz_t = 0.
 
 #include <immintrin.h>
 #include <sched.h>
