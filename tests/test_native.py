@@ -246,10 +246,10 @@ def test_why_the_native_loops_are_not_built(monkeypatch):
 
 @needs_native
 def test_a_build_that_fails_names_the_compiler_error(monkeypatch, tmp_path):
-    broken = tmp_path / "lstm.cc"
-    broken.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    (tmp_path / "lstm.cc").write_text("this is not C++\n")
+    (tmp_path / "loops.h").write_text("")
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path)
     monkeypatch.setenv("RECURRAX_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="compiling lstm.cc failed"):
-        native._build()
+        native._build("lstm")
     assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind

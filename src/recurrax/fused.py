@@ -4,8 +4,9 @@ r"""Fused sequential scan for the classic cells: a hand-written backward pass, a
 :class:`~recurrax.LSTM`, :class:`~recurrax.GRU`, :class:`~recurrax.Elman`,
 :class:`~recurrax.ForgetElman` and :class:`~recurrax.MGU` through this module unless told
 otherwise (``scan(..., fused=False)``, or ``with recurrax.fused.disabled(): ...`` around tracing).
-``LinearRecurrence`` has no matrix product in its loop; its plain loop, differentiated by JAX, is
-already as fast as a fused one (measured: the fused rule was 1.2x slower) and runs as it is.
+``LinearRecurrence`` has no matrix product in its loop and no rule here (a fused rule in XLA was
+1.2x slower than its plain loop); on a CPU it runs native loops where they are built
+(:func:`recurrax.fused_native.linear_scan`), else its plain loop.
 Values and first-order gradients are those of the plain ``jax.lax.scan`` of ``cell.step`` to float
 tolerance; ``starts``, ``mask``, ``reverse``, ``reset_state`` and ``chunk_size`` behave the same.
 
@@ -30,11 +31,11 @@ What differs from differentiating the plain loop:
 * **Weight and input gradients** come from one product each over all T·B rows, outside the loop
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
-* **Native loops for LSTM.** On a CPU an :class:`~recurrax.LSTM` in float32 (hidden size a
-  multiple of 16, no ``starts``) runs both loops as native code
-  (:mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
+* **Native loops.** On a CPU an LSTM, Elman network, ForgetElman or MGU in float32 (hidden size a
+  multiple of 16, no ``starts``) runs both loops as native code (:mod:`recurrax.fused_native`,
+  :mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
   batch through every step, so the steps use every core, which XLA's loops cannot
-  (:func:`runs_native`). The projections and the weight-gradient products stay in XLA, as below.
+  (:func:`runs_native`). The weight-gradient products stay in XLA, as below.
 * **Pieces of time.** On a CPU a batch of 32 sequences or more runs as consecutive pieces of
   about 50 steps (25 for GRU, MGU and ForgetElman), each a fused scan of its own
   (:func:`time_pieces`; :func:`pieces` sets their number), so that the products
@@ -75,8 +76,9 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _checks, native
+from . import _checks
 from ._batching import mapped_batch_size
+from ._first_order import first_order_only
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
 from ._trees import tree_where
 from .allocator import freed_memory_kept
@@ -86,6 +88,7 @@ from .cells.elman import Elman, ForgetElman
 from .cells.gru import GRU
 from .cells.lstm import LSTM
 from .cells.mgu import MGU
+from .fused_native import native_piece, runs_native
 
 sg = jax.lax.stop_gradient
 
@@ -713,26 +716,6 @@ def _forward_loop(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll,
     return run(cell, xs, h0, h_reset, starts, mask)
 
 
-@jax.custom_jvp
-def _first_order_only(out, inputs):
-    """``out``; differentiating it with respect to ``inputs`` (at a second level) raises.
-
-    The fused VJP computes its outputs from values whose gradient was stopped, so a second-order
-    derivative through it would silently miss terms; this guard sits in the VJP's forward rule,
-    which only a higher-order derivative differentiates.
-    """
-    del inputs
-    return out
-
-
-@_first_order_only.defjvp
-def _first_order_only_jvp(primals, tangents):
-    raise NotImplementedError(
-        "the fused scan has first-order reverse-mode derivatives only; for higher-order derivatives run the "
-        "plain loop: recurrax.scan(..., fused=False), or trace under `with recurrax.fused.disabled(): ...`"
-    )
-
-
 class _Static(NamedTuple):
     rule: Rule
     unroll: int
@@ -756,7 +739,7 @@ def _attach(static, ps, carriers, h0, h_reset, consts, states, res, starts, mask
 
 def _attach_fwd(static, ps, carriers, h0, h_reset, consts, states, res, starts, mask, inference_states):
     del inference_states
-    out = _first_order_only(_outputs(static, states, mask), (ps, carriers, h0, h_reset))
+    out = first_order_only(_outputs(static, states, mask), (ps, carriers, h0, h_reset))
     return out, (h0, h_reset, consts, states, res, starts, mask)
 
 
@@ -903,7 +886,7 @@ def time_pieces(cell: Cell, batch: int | None, length: int, platform: str | None
       change to the program (``benchmarks/profile_step.py --timeline`` shows them); how long a
       piece pays best to be therefore differs by cell and from run to run (``Rule.piece_steps``).
 
-    Off a CPU (one kernel after another on a GPU) a sequence is one piece. So is an LSTM on the
+    Off a CPU (one kernel after another on a GPU) a sequence is one piece. So is a cell on the
     native loops (:func:`runs_native`), which use every core themselves: :func:`fused_scan` does not
     ask this function then.
 
@@ -929,7 +912,7 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     consecutive pieces of time, each a fused scan of its own, as many as :func:`time_pieces`
     chooses for the batch size that ``jax.vmap`` maps the call over: ``batch`` where the caller
     knows it, else read from ``vmap`` (:func:`recurrax._batching.mapped_batch_size`), which cannot
-    tell it inside the body of a ``jax.lax.scan`` (a chunk of a long sequence). An LSTM on the
+    tell it inside the body of a ``jax.lax.scan`` (a chunk of a long sequence). A cell on the
     native loops (:func:`runs_native`) runs as one piece unless :func:`pieces` says otherwise.
     """
     rule = rule_for(cell)
@@ -940,7 +923,7 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
 
     def piece(xs, state, starts, mask):
         if native_loops:  # (starts is None)
-            return _native_piece(cell, xs, state, mask)
+            return native_piece(cell, xs, state, mask)
         return _fused_piece(rule, cell, xs, state, h_reset, starts, mask, unroll)
 
     if native_loops and _PIECES.value is None:
@@ -979,106 +962,3 @@ def _fused_piece(rule: Rule, cell: Cell, xs, h0, h_reset, starts, mask, unroll: 
     consts = sg(rule.consts(cell))
     return _attach(_Static(rule, unroll), ps, carriers, h0, h_reset, consts, states, res, starts, mask,
                    inference_states)
-
-
-# ============================================================================================
-# The LSTM's loops as native code (recurrax.native)
-
-
-def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
-    """Whether the fused scan of ``cell`` over ``xs`` runs the native loops of
-    :mod:`recurrax.native` instead of XLA's: an :class:`~recurrax.LSTM` (not a subclass) in
-    float32 with a hidden size that is a multiple of 16, on a CPU, without ``starts``,
-    its weights shared by the batch (not an ensemble under ``jax.vmap``), where the native code is
-    built (:func:`recurrax.native.available`) and not switched off (:func:`recurrax.native.disabled`).
-    """
-    if type(cell) is not LSTM or starts is not None or not native.enabled():
-        return False
-    if jax.default_backend() != "cpu" or cell.hidden_size % 16 != 0:
-        return False
-    arrays = [xs, cell.weight_ih, cell.weight_hh, cell.bias, *jax.tree_util.tree_leaves(h0)]
-    if any(a.dtype != jnp.float32 for a in arrays):
-        return False
-    if any(mapped_batch_size(w) is not None for w in (cell.weight_ih, cell.weight_hh, cell.bias)):
-        return False
-    return native.available()
-
-
-def _batched_call(kernel, batched_args: tuple[bool, ...]):
-    """``kernel``, whose arguments marked True in ``batched_args`` have a leading batch axis, as a
-    function of one sequence's arrays: unbatched it runs a batch of one; under ``jax.vmap`` those
-    arguments not mapped are broadcast over the batch and the kernel runs once. Where ``vmap`` maps
-    the others (the weights: an ensemble, which :func:`runs_native` cannot see inside the body of a
-    rematerialised chunk) the kernel runs once per sequence, one after another."""
-
-    def one_sequence(*args):
-        args = [a[None] if batched else a for a, batched in zip(args, batched_args)]
-        return tuple(out[0] for out in kernel(*args))
-
-    one = jax.custom_batching.custom_vmap(one_sequence)
-
-    @one.def_vmap
-    def batched(axis_size, in_batched, *args):
-        if any(b for b, per_batch in zip(in_batched, batched_args) if not per_batch):
-            in_axes = tuple(0 if b else None for b in in_batched)
-            out = jax.vmap(one_sequence, in_axes=in_axes)(*args)  # the kernel's call maps sequentially
-        else:
-            args = [a if b or not per_batch else jnp.broadcast_to(a, (axis_size,) + a.shape)
-                    for a, b, per_batch in zip(args, in_batched, batched_args)]
-            out = kernel(*args)
-        return out, tuple(True for _ in out)
-
-    return one
-
-
-_native_forward = _batched_call(native.lstm_forward, (True, True, False, False, True, True))
-_native_inference = _batched_call(native.lstm_inference, (True, True, False, False, True, True))
-_native_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, True, False))
-
-
-def _native_piece(cell: LSTM, xs, h0, mask):
-    """One LSTM scan over ``xs`` through the native loops (:mod:`recurrax.native`), whose forward
-    loop also takes the input products; the weight gradients come from XLA's products over all
-    steps, through the carriers, as on the rest of the fused path, and the bias's from the
-    backward loop, summed over each sequence's steps there (and over the batch by ``vmap``).
-    A masked step keeps the state (in the loops) and outputs zeros (here)."""
-    projections = xs @ cell.weight_ih.T  # a carrier: its value is never used
-    frozen = sg(cell)
-    h_first, c_first = sg(h0)
-    steps = jnp.ones(xs.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
-    loop_inputs = (sg(xs), steps, w_t, frozen.bias, h_first, c_first)
-    gates, hs, cs = _native_forward(*loop_inputs)
-    inference = _native_inference(*loop_inputs)  # XLA keeps whichever of the two loops is read
-    prev_h = jnp.concatenate([h_first[None], hs[:-1]])
-    carriers = (_matvec_rows(prev_h, cell.weight_hh),)
-    states, final = _native_attach(projections, cell.bias, carriers, h0, steps, gates, hs, cs, frozen.weight_hh,
-                                   inference)
-    return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
-
-
-def _native_attach(projections, bias, carriers, h0, steps, gates, hs, cs, w_hh, inference):
-    """``(states h, final state)``: from the native inference loop where nobody differentiates
-    them; differentiated, from the forward loop that saves the gates and states, and the VJP is the
-    native backward loop, whose pre-activation gradients are the cotangents of the projections
-    and carriers."""
-    del projections, bias, carriers, h0, steps, gates, hs, cs, w_hh
-    hs, c_last = inference
-    return hs, (hs[-1], c_last)
-
-
-def _native_attach_fwd(projections, bias, carriers, h0, steps, gates, hs, cs, w_hh, inference):
-    del inference
-    out = _first_order_only((hs, (hs[-1], cs[-1])), (projections, bias, carriers, h0))
-    return out, (h0[1], steps, gates, cs, w_hh)
-
-
-def _native_attach_bwd(saved, cts):
-    c_first, steps, gates, cs, w_hh = saved
-    dys, (dh_last, dc_last) = cts
-    dz, dh0, dc0, db = _native_backward(gates, cs, dys, steps, dh_last, dc_last, c_first, w_hh)
-    return dz, db, (dz,), (dh0, dc0), None, None, None, None, None, None
-
-
-_native_attach = jax.custom_vjp(_native_attach)
-_native_attach.defvjp(_native_attach_fwd, _native_attach_bwd)

@@ -24,8 +24,10 @@ The classic cells with a recurrent matrix product (LSTM, GRU, Elman, ForgetElman
 ``"sequential"`` on a fused path (:mod:`recurrax.fused`): the same values, a hand-written
 backward pass whose loop carries only the state gradients, and weight gradients from one matrix
 product over all steps.
-``fused=False`` runs the plain ``jax.lax.scan`` of ``cell.step`` instead (needed for forward-mode
-or higher-order derivatives).
+On a CPU, ``LinearRecurrence`` runs ``"sequential"`` on native loops where they are built
+(:func:`recurrax.fused_native.linear_scan`; no ``starts``, float32), switched off like the fused
+path. ``fused=False`` runs the plain ``jax.lax.scan`` of ``cell.step`` instead (needed for
+forward-mode or higher-order derivatives).
 
 Both accept
 
@@ -58,6 +60,7 @@ from . import _checks
 from ._batching import mapped_batch_size
 from ._trees import tree_where
 from . import fused as _fused
+from . import fused_native as _fused_native
 from .cells.base import AssociativeCell, Cell
 
 ScanMode = Literal["sequential", "associative", "chunked"]
@@ -167,11 +170,15 @@ def scan(
 
     # The batch that vmap maps this call over, read here: inside the chunks' loop it cannot be.
     batch = mapped_batch_size(xs) if use_fused else None
+    native_linear = (mode == "sequential" and fused is None and _fused.enabled()
+                     and _fused_native.runs_native_linear(cell, xs, h0, starts))
 
     def run_chunk(x, s, m, h):
         if use_fused:  # projects the inputs itself
             return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll, batch)
         ps = jax.vmap(cell.project)(x)
+        if native_linear:  # (s is None)
+            return _fused_native.linear_scan(cell, ps, h, m)
         if mode == "sequential":
             return _sequential(cell, ps, h, h_reset, s, m, unroll)
         return _associative(cell, ps, h, h_reset, s, m)

@@ -1,22 +1,22 @@
-r"""The LSTM's loops over time as native code on a CPU, for the fused scan (:mod:`recurrax.fused`).
+r"""The classic cells' loops over time as native code on a CPU, for the fused scan
+(:mod:`recurrax.fused`, :mod:`recurrax.fused_native`).
 
 XLA runs a loop's body on one thread, and two loops of one program one after the other (their
-bodies' temporaries share memory), so however the batch is cut, the steps of an LSTM trained
+bodies' temporaries share memory), so however the batch is cut, the steps of a cell trained
 through XLA use one core. Each sequence of a batch is a chain of its own, though: the native
-loops (``lstm.cc``) give each thread its own rows of the batch and run them through every step,
-the threads never waiting for each other. The input projections before the loops and the
-weight-gradient products after them stay in XLA. Measured on a 2-core CPU: see
-``benchmarks/README.md``.
+loops give each thread its own rows of the batch and run them through every step, the threads
+never waiting for each other (``loops.h``). The input projections' and weights' gradients stay in
+XLA. Measured on a 2-core CPU: see ``benchmarks/README.md``.
 
-The code is compiled from ``lstm.cc`` on first use, with the machine's C++ compiler (``$CXX``,
-else ``c++``, ``g++`` or ``clang++``) for the machine's own processor (``-march=native``) against
-the headers of XLA's FFI that ``jaxlib`` ships, and kept in a cache
-(``$RECURRAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/recurrax`` or ``~/.cache/recurrax``) under a name
-made from the source, the flags, the compiler, the processor and jaxlib's version, written
-atomically. Where it
-cannot be built (no compiler, a processor without AVX-512, not Linux on x86-64) or
-``RECURRAX_NATIVE=0`` is set, :func:`available` is False and the fused scan runs XLA's loops;
-:func:`build_error` says why.
+The loops (:data:`LOOPS`): ``lstm.cc`` (LSTM), ``elman.cc`` (Elman network), ``forget_gate.cc``
+(ForgetElman and MGU) and ``linear.cc`` (LinearRecurrence). Each is compiled on its first use into
+a library of its own, with the machine's C++ compiler (``$CXX``, else ``c++``, ``g++`` or
+``clang++``) for the machine's own processor (``-march=native``) against the headers of XLA's FFI
+that ``jaxlib`` ships (a few seconds), and kept in a cache (``$RECURRAX_CACHE_DIR``, else
+``$XDG_CACHE_HOME/recurrax`` or ``~/.cache/recurrax``) under a name made from the source, the
+flags, the compiler, the processor and jaxlib's version, written atomically. Where it cannot be
+built (no compiler, a processor without AVX-512, not Linux on x86-64) or ``RECURRAX_NATIVE=0`` is
+set, :func:`available` is False and the fused scan runs XLA's loops; :func:`build_error` says why.
 
 Within ``with recurrax.native.disabled():`` scans traced there run XLA's loops too (a JAX user
 context, part of ``jax.jit``'s cache key, like :func:`recurrax.fused.disabled`).
@@ -40,10 +40,26 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-SOURCE = Path(__file__).with_name("lstm.cc")
+SOURCE_DIR = Path(__file__).parent  # <loops>.cc, and loops.h, which each of them includes
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
-_TARGETS = ("recurrax_lstm_forward", "recurrax_lstm_inference", "recurrax_lstm_backward")
+# The loops, each compiled from <name>.cc into a library of its own on its first use: the cells
+# they run, and their custom calls.
+LOOPS = {
+    "lstm": "LSTM",
+    "elman": "Elman",
+    "forget_gate": "ForgetElman and MGU",
+    "linear": "LinearRecurrence",
+}
+_TARGETS = {
+    "lstm": ("recurrax_lstm_forward", "recurrax_lstm_inference", "recurrax_lstm_backward"),
+    "elman": ("recurrax_elman_forward", "recurrax_elman_backward"),
+    "forget_gate": ("recurrax_forget_elman_forward", "recurrax_forget_elman_inference",
+                    "recurrax_forget_elman_backward", "recurrax_mgu_forward", "recurrax_mgu_inference",
+                    "recurrax_mgu_backward"),
+    "linear": ("recurrax_linear_forward", "recurrax_linear_backward"),
+}
 
 _ENABLED = jax.make_user_context(default_value=True)
 _log = logging.getLogger(__name__)
@@ -108,29 +124,39 @@ def _why_not_buildable() -> str | None:
     return None
 
 
-def _build() -> Path:
-    """The compiled library, built into the cache unless an identical build is there."""
+def _source(loops: str) -> Path:
+    return SOURCE_DIR / f"{loops}.cc"
+
+
+def _check_loops(loops: str) -> None:
+    if loops not in LOOPS:
+        raise ValueError(f"no native loops {loops!r}; there are {', '.join(LOOPS)}")
+
+
+def _build(loops: str) -> Path:
+    """The compiled library of ``loops``, built into the cache unless an identical build is there."""
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     flags = _cpu_flags()
+    source = _source(loops)
     key = hashlib.sha256()
     jaxlib_version = importlib.metadata.version("jaxlib")  # the FFI headers compiled against
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), " ".join(sorted(flags)).encode(),
-                 jax.ffi.include_dir().encode(), jaxlib_version.encode()):
+    for part in (source.read_bytes(), (SOURCE_DIR / "loops.h").read_bytes(), " ".join(FLAGS).encode(), version.encode(),
+                 " ".join(sorted(flags)).encode(), jax.ffi.include_dir().encode(), jaxlib_version.encode()):
         key.update(part)
         key.update(b"\0")
-    target = _cache_dir() / f"lstm-{key.hexdigest()[:20]}.so"
+    target = _cache_dir() / f"{loops}-{key.hexdigest()[:20]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _log.info("compiling recurrax's native LSTM loops into %s (once)", target)
+    _log.info("compiling recurrax's native %s loops into %s (once)", LOOPS[loops], target)
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so.partial", delete=False) as partial:
         partial_path = Path(partial.name)
     try:
-        command = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(partial_path)]
+        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(partial_path)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"compiling {source.name} failed:\n{result.stderr[-2000:]}")
         os.replace(partial_path, target)  # atomic: another process sees no half-written library
     finally:
         partial_path.unlink(missing_ok=True)
@@ -138,35 +164,49 @@ def _build() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    """(the loaded library with its targets registered, None) or (None, why not)."""
+def _library(loops: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """(the loaded library of ``loops`` with its targets registered, None) or (None, why not)."""
     reason = _why_not_buildable()
     if reason is not None:
         return None, reason
     try:
-        library = ctypes.CDLL(str(_build()))
-        for name in _TARGETS:
+        library = ctypes.CDLL(str(_build(loops)))
+        for name in _TARGETS[loops]:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        _log.warning("recurrax's native LSTM loops are not available: %s", error)
+        _log.warning("recurrax's native %s loops are not available: %s", LOOPS[loops], error)
         return None, str(error)
     return library, None
 
 
-def available() -> bool:
-    """Whether the native loops are built (compiling them on the first call) and registered."""
-    return _library()[0] is not None
+def available(loops: str = "lstm") -> bool:
+    """Whether the native ``loops`` (a key of :data:`LOOPS`; the LSTM's unless given) are built
+    (compiling them on the first call) and registered."""
+    _check_loops(loops)
+    return _library(loops)[0] is not None
 
 
-def build_error() -> str | None:
-    """Why :func:`available` is False (None when it is True)."""
-    return _library()[1]
+def build_error(loops: str = "lstm") -> str | None:
+    """Why :func:`available` is False for ``loops`` (None when it is True)."""
+    _check_loops(loops)
+    return _library(loops)[1]
 
 
-def _require() -> None:
-    """Build and register the native loops, or raise naming why they are not available."""
-    if not available():
-        raise RuntimeError(f"recurrax's native LSTM loops are not available: {build_error()}")
+def _require(loops: str) -> None:
+    """Build and register ``loops``, or raise naming why they are not available."""
+    if not available(loops):
+        raise RuntimeError(f"recurrax's native {LOOPS[loops]} loops are not available: {build_error(loops)}")
+
+
+def _call(loops: str, target: str, outputs, *args, **attributes):
+    """The custom call ``target`` of ``loops`` on ``args``, its results shaped as ``outputs`` (pairs
+    of shapes, float32); an outer ``jax.vmap`` runs one call per element."""
+    _require(loops)
+    shapes = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in outputs)
+    return jax.ffi.ffi_call(target, shapes, vmap_method="sequential")(*args, **attributes)
+
+
+# --- LSTM -------------------------------------------------------------------------------------
 
 
 def lstm_forward(xs, mask, w_t, bias, h0, c0):
@@ -174,28 +214,20 @@ def lstm_forward(xs, mask, w_t, bias, h0, c0):
     (1: the step runs; 0: the state stays as it is), ``w_t`` (I + H, 4H) the
     input and recurrent matrices transposed and stacked, ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (4H), ``h0``,
     ``c0`` (B, H); float32, H a multiple of 16. Returns the gate activations (B, T, 4H) (i, f, g, o
-    after their sigmoid or tanh) and the states h, c after each step (B, T, H each). An outer
-    ``jax.vmap`` runs one call per element."""
-    _require()
-    batch, length, _ = xs.shape
-    width = w_t.shape[1]
+    after their sigmoid or tanh) and the states h, c after each step (B, T, H each)."""
+    (batch, length, _), width = xs.shape, w_t.shape[1]
     hidden = width // 4
-    out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),
-           jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
-           jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_forward", out, vmap_method="sequential")(xs, mask, w_t, bias, h0, c0)
+    outputs = ((batch, length, width), (batch, length, hidden), (batch, length, hidden))
+    return _call("lstm", "recurrax_lstm_forward", outputs, xs, mask, w_t, bias, h0, c0)
 
 
 def lstm_inference(xs, mask, w_t, bias, h0, c0):
     """:func:`lstm_forward` for a call that is not differentiated: the states h after each step
     (B, T, H) and the last cell state (B, H) only (the gates stay in a buffer of each thread's
     rows)."""
-    _require()
-    batch, length, _ = xs.shape
-    hidden = w_t.shape[1] // 4
-    out = (jax.ShapeDtypeStruct((batch, length, hidden), jnp.float32),
-           jax.ShapeDtypeStruct((batch, hidden), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_inference", out, vmap_method="sequential")(xs, mask, w_t, bias, h0, c0)
+    (batch, length, _), hidden = xs.shape, w_t.shape[1] // 4
+    return _call("lstm", "recurrax_lstm_inference", ((batch, length, hidden), (batch, hidden)),
+                 xs, mask, w_t, bias, h0, c0)
 
 
 def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
@@ -205,12 +237,89 @@ def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
     ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as the cell stores
     it. Returns the gradients of the pre-activations (B, T, 4H), of the initial state (h0, c0) and
     the sum of each sequence's pre-activation gradients over its steps (B, 4H: the bias's)."""
-    _require()
     batch, length, width = gates.shape
     hidden = width // 4
-    out = (jax.ShapeDtypeStruct((batch, length, width), jnp.float32),
-           jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
-           jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
-           jax.ShapeDtypeStruct((batch, width), jnp.float32))
-    return jax.ffi.ffi_call("recurrax_lstm_backward", out, vmap_method="sequential")(
-        gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
+    outputs = ((batch, length, width), (batch, hidden), (batch, hidden), (batch, width))
+    return _call("lstm", "recurrax_lstm_backward", outputs, gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
+
+
+# --- Elman, ForgetElman, MGU ------------------------------------------------------------------
+
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")  # the native loops' numbers for them, in order
+
+
+def _activation(name: str) -> np.int32:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"the native loops have no activation {name!r}; they have {', '.join(ACTIVATIONS)}")
+    return np.int32(ACTIVATIONS.index(name))
+
+
+def elman_forward(xs, mask, w_t, bias, h0, activation="tanh"):
+    """The Elman network's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
+    :func:`lstm_forward`, ``w_t`` (I + H, H) = ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (H), ``h0`` (B, H),
+    ``activation`` one of :data:`ACTIVATIONS`; float32, H a multiple of 16. Returns the states
+    after each step (B, T, H)."""
+    (batch, length, _), hidden = xs.shape, w_t.shape[1]
+    (hs,) = _call("elman", "recurrax_elman_forward", ((batch, length, hidden),), xs, mask, w_t, bias, h0,
+                  activation=_activation(activation))
+    return hs
+
+
+def elman_backward(hs, dys, mask, dh_last, w_hh, activation="tanh"):
+    """The Elman network's backward loop: ``hs`` from :func:`elman_forward`, ``dys`` (B, T, H) their
+    gradients, ``mask``, ``dh_last`` (B, H) the final state's gradient, ``w_hh`` (H, H) as the cell
+    stores it. Returns the pre-activations' gradients (B, T, H), the initial state's (B, H) and
+    each sequence's sum of the first over its steps (B, H: the bias's)."""
+    batch, length, hidden = hs.shape
+    outputs = ((batch, length, hidden), (batch, hidden), (batch, hidden))
+    return _call("elman", "recurrax_elman_backward", outputs, hs, dys, mask, dh_last, w_hh,
+                 activation=_activation(activation))
+
+
+def forget_gate_forward(cell: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False):
+    """The forward loop of ``cell`` (``"forget_elman"`` or ``"mgu"``) over a batch: ``xs`` (B, T, I),
+    ``mask`` (B, T), ``wf_t`` and ``wh_t`` (I + H, H) = ``[W_fxᵀ; W_fhᵀ]`` and ``[W_hxᵀ; W_hhᵀ]``,
+    ``bias`` (2H) = ``[b_f; b]``, ``h0`` (B, H), ``activation`` ForgetElman's (the MGU's is tanh).
+    Returns the states after each step (B, T, H), then the forget gates (B, T, H) and for the MGU
+    the candidates (B, T, H); with ``inference`` the states alone (a tuple of one)."""
+    (batch, length, _), hidden = xs.shape, wf_t.shape[1]
+    count = 1 if inference else (3 if cell == "mgu" else 2)
+    target = f"recurrax_{cell}_{'inference' if inference else 'forward'}"
+    attributes = {} if cell == "mgu" else {"activation": _activation(activation)}
+    return _call("forget_gate", target, ((batch, length, hidden),) * count, xs, mask, wf_t, wh_t, bias, h0,
+                 **attributes)
+
+
+def forget_gate_backward(cell: str, residuals, dys, mask, dh_last, h0, w_fh, w_hh, activation="tanh"):
+    """The backward loop of ``cell`` (as for :func:`forget_gate_forward`): ``residuals`` what its
+    forward loop returned (states, gates and for the MGU candidates), ``dys`` (B, T, H) the states'
+    gradients, ``mask``, ``dh_last`` (B, H), ``h0`` (B, H), ``w_fh`` and ``w_hh`` (H, H) as the
+    cell stores them. Returns the gradients of the gate's and the state's pre-activations (B, T, H
+    each), of the initial state (B, H) and each sequence's sums of the first two over its steps
+    (B, 2H: the biases')."""
+    batch, length, hidden = residuals[0].shape
+    outputs = ((batch, length, hidden), (batch, length, hidden), (batch, hidden), (batch, 2 * hidden))
+    attributes = {} if cell == "mgu" else {"activation": _activation(activation)}
+    return _call("forget_gate", f"recurrax_{cell}_backward", outputs, *residuals, dys, mask, dh_last, h0, w_fh,
+                 w_hh, **attributes)
+
+
+# --- LinearRecurrence -------------------------------------------------------------------------
+
+
+def linear_forward(ps, mask, gamma, h0):
+    """The linear recurrence's forward loop, h_t = γ ⊙ h_{t-1} + p_t: ``ps`` (B, T, H) the
+    projections, ``mask`` (B, T), ``gamma`` (H), ``h0`` (B, H); float32. Returns the states
+    (B, T, H)."""
+    (hs,) = _call("linear", "recurrax_linear_forward", (ps.shape,), ps, mask, gamma, h0)
+    return hs
+
+
+def linear_backward(hs, dys, mask, gamma, h0, dh_last):
+    """The linear recurrence's backward loop: ``hs`` from :func:`linear_forward`, ``dys`` their
+    gradients, ``mask``, ``gamma``, ``h0``, ``dh_last`` the final state's gradient. Returns the
+    projections' gradients (B, T, H), the initial state's (B, H) and each sequence's gradient of
+    γ (B, H)."""
+    batch, _, hidden = hs.shape
+    outputs = (hs.shape, (batch, hidden), (batch, hidden))
+    return _call("linear", "recurrax_linear_backward", outputs, hs, dys, mask, gamma, h0, dh_last)

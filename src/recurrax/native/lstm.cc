@@ -1,6 +1,5 @@
-// The LSTM's two loops over time as XLA custom calls on a CPU: each thread runs its own rows of
-// the batch (its own sequences) through every step, so that the batch's steps use every core
-// without the threads meeting once per step. Built and registered by recurrax/native/__init__.py.
+// The LSTM's two loops over time as XLA custom calls on a CPU (see loops.h). Built and registered
+// by recurrax/native/__init__.py.
 //
 // Forward, per sequence and step t (gates stacked i, f, g, o; sigma the logistic function):
 //   z_t = W_ih x_t + W_hh h_{t-1} + b    (one product: [x_t, h_{t-1}] [W_ih^T; W_hh^T])
@@ -14,138 +13,19 @@
 // sum over each sequence's steps (the bias's gradient). A masked step keeps h and c and outputs
 // them as they are; backward it passes dh and dc on, with dz_t = 0.
 
-#include <immintrin.h>
-#include <sched.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
+#include "loops.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// tanh by a rational function: float32 accuracy (largest error against float64 on [-12, 12]
-// 2.6e-7, as XLA's CPU tanh), +-1 for |x| >= 7.9; NaN stays NaN (the comparisons fail).
-inline float tanh_approx(float x) {
-  const float bound = 7.90531110763549805f;
-  x = x > bound ? bound : (x < -bound ? -bound : x);
-  const float x2 = x * x;
-  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = x2 * p + -8.60467152213735e-11f;
-  p = x2 * p + 5.12229709037114e-08f;
-  p = x2 * p + 1.48572235717979e-05f;
-  p = x2 * p + 6.37261928875436e-04f;
-  p = x2 * p + 4.89352455891786e-03f;
-  p = x * p;
-  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = x2 * q + 2.26843463243900e-03f;
-  q = x2 * q + 4.89352518554385e-03f;
-  return p / q;
-}
-
-inline float sigmoid_approx(float x) { return 0.5f * tanh_approx(0.5f * x) + 0.5f; }
-
-// A K x N matrix (N a multiple of 16) stored as column panels, each K x 32 (the last K x 16 where
-// N is an odd multiple of 16) and contiguous, so that a product reads a panel's rows one after the
-// other instead of 4N bytes apart: panel n0 (a multiple of 32) starts at n0 * K.
-struct Panels {
-  std::vector<float> data;
-  int64_t k_size, n_size;
-
-  Panels(const float* w, int64_t k, int64_t n) : data(k * n), k_size(k), n_size(n) {
-    for (int64_t n0 = 0; n0 < n; n0 += 32) {
-      const int64_t width = std::min<int64_t>(32, n - n0);
-      float* panel = data.data() + n0 * k;
-      for (int64_t row = 0; row < k; ++row) std::memcpy(panel + row * width, w + row * n + n0, width * sizeof(float));
-    }
-  }
-};
-
-// out[r, n0:n0 + 16 C] = add[r, n0:n0 + 16 C] + bias[n0:n0 + 16 C] + a[r, :] @ w[:, n0:n0 + 16 C] for R
-// rows (add and bias may be null: zeros): R x C vectors of 16 sums kept in registers over all of k.
-// panel: w's K x 16 C panel at n0 (Panels). Row r of a, add and out starts at a + r * lda (add + r *
-// ldd, out + r * ldo).
-template <int R, int C>
-void block_product(const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
-                   const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
-  __m512 acc[R][C];
-  for (int j = 0; j < C; ++j) {
-    const __m512 b = bias ? _mm512_loadu_ps(bias + n0 + 16 * j) : _mm512_setzero_ps();
-    for (int r = 0; r < R; ++r) acc[r][j] = add ? _mm512_add_ps(b, _mm512_loadu_ps(add + r * ldd + n0 + 16 * j)) : b;
-  }
-  for (int64_t k = 0; k < k_size; ++k) {
-    __m512 wk[C];
-    for (int j = 0; j < C; ++j) wk[j] = _mm512_loadu_ps(panel + k * 16 * C + 16 * j);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
-      for (int j = 0; j < C; ++j) acc[r][j] = _mm512_fmadd_ps(x, wk[j], acc[r][j]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < C; ++j) _mm512_storeu_ps(out + r * ldo + n0 + 16 * j, acc[r][j]);
-  }
-}
-
-template <int C>
-void rows_block_product(int64_t rows, const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
-                        const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
-  switch (rows) {
-    case 8: block_product<8, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 7: block_product<7, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 6: block_product<6, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 5: block_product<5, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 4: block_product<4, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 3: block_product<3, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 2: block_product<2, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    default: block_product<1, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-  }
-}
-
-// out = add + bias + a @ w for rows x N (add, bias may be null): panel by panel, so that a panel
-// stays in cache while every row goes through it, 8 rows at a time.
-void matrix_product(int64_t rows, const float* a, int64_t lda, const Panels& w, const float* add, int64_t ldd,
-                    const float* bias, float* out, int64_t ldo) {
-  const int64_t k_size = w.k_size;
-  for (int64_t n0 = 0; n0 < w.n_size; n0 += 32) {
-    const float* panel = w.data.data() + n0 * k_size;
-    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-      const int64_t count = std::min<int64_t>(8, rows - r0);
-      const float* dr = add ? add + r0 * ldd : nullptr;
-      if (n0 + 32 <= w.n_size) {
-        rows_block_product<2>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
-      } else {
-        rows_block_product<1>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
-      }
-    }
-  }
-}
-
-// How many threads share a batch: the CPUs this process may run on, at least 8 rows each.
-int64_t thread_count(int64_t batch) {
-  int64_t cpus = static_cast<int64_t>(std::thread::hardware_concurrency());
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
-  return std::max<int64_t>(1, std::min<int64_t>(cpus, batch / 8));
-}
-
-// Runs work(first_row, row_count) over the batch's rows on thread_count(batch) threads (this one
-// included) and waits for them.
-template <typename Work>
-void over_rows(int64_t batch, Work work) {
-  const int64_t threads = thread_count(batch);
-  std::vector<std::thread> helpers;
-  for (int64_t i = 1; i < threads; ++i) {
-    const int64_t first = batch * i / threads, last = batch * (i + 1) / threads;
-    helpers.emplace_back([=] { work(first, last - first); });
-  }
-  work(0, batch / threads);
-  for (auto& helper : helpers) helper.join();
-}
+using namespace recurrax_native;
 
 // The forward loop. Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state),
 // w_t (I + H, 4H) = [W_ih^T; W_hh^T], bias (4H), h0 and c0 (B, H); it writes the states hs (B, T, H), and either the gates (B, T, 4H) and cs (B, T, H) (training: the

@@ -1,0 +1,308 @@
+r"""The fused scan's loops as native code (:mod:`recurrax.native`), and LinearRecurrence's on them.
+
+On a CPU, XLA runs a loop's body on one thread, and two loops of one program one after the other,
+so a batch's steps trained through XLA's loops use one core. The native loops give each thread its
+own sequences and run them through every step. :func:`recurrax.fused.fused_scan` hands a piece of
+a sequence to :func:`native_piece` where :func:`runs_native` says so: an
+:class:`~recurrax.LSTM`, :class:`~recurrax.Elman`, :class:`~recurrax.ForgetElman` or
+:class:`~recurrax.MGU` (not subclasses) in float32 with a hidden size that is a multiple of 16, on
+a CPU, without ``starts``, its weights shared by the batch, where the native code is built and not
+switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
+through :func:`linear_scan` where :func:`runs_native_linear` says so (any hidden size).
+
+What stays in XLA, as on the rest of the fused path: the input projections' gradients and the
+weight gradients, from products over all steps through the *gradient carriers* (arrays whose
+values XLA never computes and whose cotangents are the pre-activation gradients the backward loop
+writes; see :mod:`recurrax.fused`), so ``jax.vmap``, per-example gradients and ensembles stay
+exact. The forward loop also takes the input products, one product a step ``[x_t, h_{t-1}]
+[W_xᵀ; W_hᵀ]`` per gate block; the biases' gradients are summed per sequence in the backward loop.
+A masked step keeps the state (in the loops) and outputs zeros (here). First-order reverse-mode
+derivatives only, as for every fused scan.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from . import native
+from ._batching import mapped_batch_size
+from ._first_order import first_order_only
+from .cells.base import Cell
+from .cells.elman import Elman, ForgetElman
+from .cells.linear import LinearRecurrence
+from .cells.lstm import LSTM
+from .cells.mgu import MGU
+
+sg = jax.lax.stop_gradient
+
+NATIVE_LOOPS = {LSTM: "lstm", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
+
+
+def _native_allowed(loops: str, arrays) -> bool:
+    """What every native loop needs: switched on, a CPU, float32 arrays, weights (the arrays that
+    are not per sequence) not mapped by ``jax.vmap``, the code built."""
+    if not native.enabled() or jax.default_backend() != "cpu":
+        return False
+    if any(a.dtype != jnp.float32 for a in arrays):
+        return False
+    return native.available(loops)
+
+
+def _shared(weights) -> bool:
+    """Whether no ``jax.vmap`` maps ``weights`` (an ensemble's members would each have their own)."""
+    return all(mapped_batch_size(w) is None for w in weights)
+
+
+def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
+    """Whether the fused scan of ``cell`` over ``xs`` runs native loops instead of XLA's: one of
+    :data:`NATIVE_LOOPS`' cells (not a subclass; an Elman network's activation one of
+    :data:`recurrax.native.ACTIVATIONS`) in float32 with a hidden size that is a multiple of 16, on a
+    CPU, without ``starts``, its weights shared by the batch (not an ensemble under
+    ``jax.vmap``), where the native code is built (:func:`recurrax.native.available`) and not
+    switched off (:func:`recurrax.native.disabled`)."""
+    del mask
+    loops = NATIVE_LOOPS.get(type(cell))
+    if loops is None or starts is not None or cell.hidden_size % 16 != 0:
+        return False
+    if getattr(cell, "activation", "tanh") not in native.ACTIVATIONS:
+        return False
+    weights = jax.tree_util.tree_leaves(_parameters(cell))
+    return _shared(weights) and _native_allowed(loops, [xs, *weights, *jax.tree_util.tree_leaves(h0)])
+
+
+def _parameters(cell: Cell):
+    """The cell's arrays (its parameters), in a list."""
+    return [leaf for leaf in jax.tree_util.tree_leaves(cell) if isinstance(leaf, jax.Array)]
+
+
+def _batched_call(kernel, batched_args: tuple[bool, ...]):
+    """``kernel``, whose arguments marked True in ``batched_args`` have a leading batch axis, as a
+    function of one sequence's arrays: unbatched it runs a batch of one; under ``jax.vmap`` those
+    arguments not mapped are broadcast over the batch and the kernel runs once. Where ``vmap`` maps
+    the others (the weights: an ensemble, which :func:`runs_native` cannot see inside the body of a
+    rematerialised chunk) the kernel runs once per sequence, one after another."""
+
+    def one_sequence(*args):
+        args = [a[None] if batched else a for a, batched in zip(args, batched_args)]
+        return tuple(out[0] for out in kernel(*args))
+
+    one = jax.custom_batching.custom_vmap(one_sequence)
+
+    @one.def_vmap
+    def batched(axis_size, in_batched, *args):
+        if any(b for b, per_batch in zip(in_batched, batched_args) if not per_batch):
+            in_axes = tuple(0 if b else None for b in in_batched)
+            out = jax.vmap(one_sequence, in_axes=in_axes)(*args)  # the kernel's call maps sequentially
+        else:
+            args = [a if b or not per_batch else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                    for a, b, per_batch in zip(args, in_batched, batched_args)]
+            out = kernel(*args)
+        return out, tuple(True for _ in out)
+
+    return one
+
+
+def _as_tuple(kernel):
+    """``kernel`` returning a tuple where it returns one array."""
+    return lambda *args: (kernel(*args),)
+
+
+def _attach(backward, differentiable, saved, training, inference):
+    """``(states h, final state)``: ``inference`` (the inference loop's) where nobody differentiates
+    them; differentiated, ``training`` (from the forward loop that saved what the backward loop
+    reads), and the VJP is ``backward(saved, cotangents)``, which gives the cotangents of
+    ``differentiable`` (the projections, biases, carriers and initial state). XLA keeps whichever
+    forward loop is read."""
+    del differentiable, saved, training
+    return inference
+
+
+def _attach_fwd(backward, differentiable, saved, training, inference):
+    del inference
+    return first_order_only(training, differentiable), saved
+
+
+def _attach_bwd(backward, saved, cts):
+    return backward(saved, cts), None, None, None
+
+
+_attach = jax.custom_vjp(_attach, nondiff_argnums=(0,))
+_attach.defvjp(_attach_fwd, _attach_bwd)
+
+
+def _steps(mask, length: int):
+    """The loops' mask, float32 (1: the step runs)."""
+    return jnp.ones((length,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def _previous(h_first, hs):
+    """The states before each step: (h0, h_0, ..., h_{T-2})."""
+    return jnp.concatenate([h_first[None], hs[:-1]])
+
+
+def native_piece(cell: Cell, xs, h0, mask):
+    """``(ys, final_state)`` of ``cell`` over ``xs`` (T, input_size) on its native loops
+    (:func:`runs_native` must hold); masked steps output zeros."""
+    steps = _steps(mask, xs.shape[0])
+    if type(cell) is LSTM:
+        states, final = _lstm_piece(cell, xs, h0, steps)
+    elif type(cell) is Elman:
+        states, final = _elman_piece(cell, xs, h0, steps)
+    else:
+        states, final = _forget_gate_piece(cell, xs, h0, steps)
+    return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
+
+
+# --- LSTM ---------------------------------------------------------------------------------------
+
+_lstm_forward = _batched_call(native.lstm_forward, (True, True, False, False, True, True))
+_lstm_inference = _batched_call(native.lstm_inference, (True, True, False, False, True, True))
+_lstm_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, True, False))
+
+
+def _lstm_piece(cell: LSTM, xs, h0, steps):
+    frozen = sg(cell)
+    h_first, c_first = sg(h0)
+    w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
+    loop_inputs = (sg(xs), steps, w_t, frozen.bias, h_first, c_first)
+    gates, hs, cs = _lstm_forward(*loop_inputs)
+    hs_inference, c_last = _lstm_inference(*loop_inputs)
+    projections = xs @ cell.weight_ih.T  # carriers: their values are never used
+    carriers = (_previous(h_first, hs) @ cell.weight_hh.T,)
+    return _attach(_lstm_vjp, (projections, cell.bias, carriers, h0), (c_first, steps, gates, cs, frozen.weight_hh),
+                   (hs, (hs[-1], cs[-1])), (hs_inference, (hs_inference[-1], c_last)))
+
+
+def _lstm_vjp(saved, cts):
+    c_first, steps, gates, cs, w_hh = saved
+    dys, (dh_last, dc_last) = cts
+    dz, dh0, dc0, db = _lstm_backward(gates, cs, dys, steps, dh_last, dc_last, c_first, w_hh)
+    return dz, db, (dz,), (dh0, dc0)
+
+
+# --- Elman --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _elman_calls(activation: str):
+    forward = functools.partial(native.elman_forward, activation=activation)
+    backward = functools.partial(native.elman_backward, activation=activation)
+    return (_batched_call(_as_tuple(forward), (True, True, False, False, True)),
+            _batched_call(backward, (True, True, True, True, False)))
+
+
+def _elman_piece(cell: Elman, xs, h0, steps):
+    forward, backward = _elman_calls(cell.activation)
+    frozen = sg(cell)
+    h_first = sg(h0)
+    w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
+    (hs,) = forward(sg(xs), steps, w_t, frozen.bias, h_first)
+    projections = xs @ cell.weight_ih.T  # carriers: their values are never used
+    carriers = (_previous(h_first, hs) @ cell.weight_hh.T,)
+    out = (hs, hs[-1])
+    return _attach(_elman_vjp(backward), (projections, cell.bias, carriers, h0), (hs, steps, frozen.weight_hh),
+                   out, out)
+
+
+@functools.lru_cache(maxsize=None)
+def _elman_vjp(backward):
+    def vjp(saved, cts):
+        hs, steps, w_hh = saved
+        dys, dh_last = cts
+        dz, dh0, db = backward(hs, dys, steps, dh_last, w_hh)
+        return dz, db, (dz,), dh0
+
+    return vjp
+
+
+# --- ForgetElman and MGU: a forget gate, then a second product with the gated state -------------
+
+
+@functools.lru_cache(maxsize=None)
+def _forget_gate_calls(kind: str, activation: str):
+    per_batch = (True, True, False, False, False, True)
+    forward = functools.partial(native.forget_gate_forward, kind, activation=activation)
+    inference = functools.partial(native.forget_gate_forward, kind, activation=activation, inference=True)
+    residuals = 3 if kind == "mgu" else 2
+
+    def backward(*args):
+        residual_arrays, rest = args[:residuals], args[residuals:]
+        return native.forget_gate_backward(kind, residual_arrays, *rest, activation=activation)
+
+    backward_batched = (True,) * residuals + (True, True, True, True, False, False)
+    return (_batched_call(forward, per_batch), _batched_call(inference, per_batch),
+            _batched_call(backward, backward_batched))
+
+
+def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, steps):
+    kind = "mgu" if type(cell) is MGU else "forget_elman"
+    forward, inference, backward = _forget_gate_calls(kind, getattr(cell, "activation", "tanh"))
+    frozen = sg(cell)
+    h_first = sg(h0)
+    hidden = cell.hidden_size
+    w_fx, w_hx = jnp.split(frozen.weight_ih, [hidden])
+    wf_t = jnp.concatenate([w_fx, frozen.weight_fh], axis=1).T  # [W_fxᵀ; W_fhᵀ]
+    wh_t = jnp.concatenate([w_hx, frozen.weight_hh], axis=1).T  # [W_hxᵀ; W_hhᵀ]
+    loop_inputs = (sg(xs), steps, wf_t, wh_t, frozen.bias, h_first)
+    residuals = forward(*loop_inputs)
+    (hs_inference,) = inference(*loop_inputs)
+    hs, gates = residuals[0], residuals[1]
+    # Carriers, one product per gate block (no product reads a block sliced out of a stacked dP).
+    weight_fx, weight_hx = jnp.split(cell.weight_ih, [hidden])
+    projections = (xs @ weight_fx.T, xs @ weight_hx.T)
+    h_prev = _previous(h_first, hs)
+    carriers = (h_prev @ cell.weight_fh.T, (gates * h_prev) @ cell.weight_hh.T)
+    saved = (residuals, steps, h_first, frozen.weight_fh, frozen.weight_hh)
+    return _attach(_forget_gate_vjp(backward), (projections, cell.bias, carriers, h0), saved,
+                   (hs, hs[-1]), (hs_inference, hs_inference[-1]))
+
+
+@functools.lru_cache(maxsize=None)
+def _forget_gate_vjp(backward):
+    def vjp(saved, cts):
+        residuals, steps, h_first, w_fh, w_hh = saved
+        dys, dh_last = cts
+        dzf, dz, dh0, db = backward(*residuals, dys, steps, dh_last, h_first, w_fh, w_hh)
+        return (dzf, dz), db, (dzf, dz), dh0
+
+    return vjp
+
+
+# --- LinearRecurrence ---------------------------------------------------------------------------
+
+_linear_forward = _batched_call(_as_tuple(native.linear_forward), (True, True, False, True))
+_linear_backward = _batched_call(native.linear_backward, (True, True, True, False, True, True))
+
+
+def runs_native_linear(cell: Cell, xs, h0, starts) -> bool:
+    """Whether :func:`recurrax.scan` runs ``cell`` over ``xs`` in sequential mode on the native
+    loop (:func:`linear_scan`): a :class:`~recurrax.LinearRecurrence` (not a subclass) in float32,
+    on a CPU, without ``starts``, its weights shared by the batch, where the native code is built
+    and not switched off."""
+    if type(cell) is not LinearRecurrence or starts is not None:
+        return False
+    weights = _parameters(cell)
+    return _shared(weights) and _native_allowed("linear", [xs, *weights, *jax.tree_util.tree_leaves(h0)])
+
+
+def linear_scan(cell: LinearRecurrence, ps, h0, mask):
+    """``(ys, final_state)`` of a linear recurrence over its projections ``ps`` (T, H) on the
+    native loop (:func:`runs_native_linear` must hold); masked steps keep the state and output
+    zeros. The projections' and γ's gradients flow on through XLA's autodiff."""
+    steps = _steps(mask, ps.shape[0])
+    gamma = cell.decay
+    h_first = sg(h0)
+    (hs,) = _linear_forward(sg(ps), steps, sg(gamma), h_first)
+    out = (hs, hs[-1])
+    states, final = _attach(_linear_vjp, (ps, gamma, h0), (hs, steps, sg(gamma), h_first), out, out)
+    return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
+
+
+def _linear_vjp(saved, cts):
+    hs, steps, gamma, h_first = saved
+    dys, dh_last = cts
+    dp, dh0, dgamma = _linear_backward(hs, dys, steps, gamma, h_first, dh_last)
+    return dp, dgamma, dh0

@@ -1,0 +1,249 @@
+"""The native loops of Elman, ForgetElman, MGU and LinearRecurrence against their equations and
+against the plain scan (the LSTM's: test_native.py).
+
+The kernels are checked against the cells' equations written out in NumPy in float64 (forward)
+and against JAX's autodiff of the same equations (backward), with masked steps, 1 and 2 threads
+and column counts that need the narrow product block; the layers' values and gradients on the
+native path against the plain scan (batched, masked, reversed, bidirectional, in chunks, per
+example); and the cases left to XLA. They run where the native code can be built (Linux, x86-64
+with AVX-512 and a C++ compiler); elsewhere recurrax.native.build_error(loops) says why they are
+skipped.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import recurrax
+import recurrax.fused
+import recurrax.native as native
+
+
+def needs(loops):
+    return pytest.mark.skipif(not native.available(loops),
+                              reason=f"native {loops} loops not built: {native.build_error(loops)}")
+
+
+def activation(xp, name, z):
+    if name == "tanh":
+        return xp.tanh(z)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + xp.exp(-z))
+    if name == "relu":
+        return xp.maximum(z, 0.0)
+    return z
+
+
+def run(xp, kind, act, p, mask, bias, weights, h0):
+    """The cell's loop over a batch, in NumPy (float64) or jnp (to be differentiated): ``p`` the
+    input products without bias (B, T, G), a masked step keeping the state. Returns the states
+    (B, T, H) and what the kernel's training forward returns beside them (gates, candidates)."""
+    hidden = h0.shape[1]
+    sigmoid = lambda z: activation(xp, "sigmoid", z)  # noqa: E731
+    h, hs, gates, candidates = h0, [], [], []
+    for t in range(p.shape[1]):
+        z = p[:, t] + bias
+        if kind == "elman":
+            (w_hh,) = weights
+            new = activation(xp, act, z + h @ w_hh.T)
+        else:
+            w_fh, w_hh = weights
+            f = sigmoid(z[:, :hidden] + h @ w_fh.T)
+            n = activation(xp, "tanh" if kind == "mgu" else act, z[:, hidden:] + (f * h) @ w_hh.T)
+            new = (1.0 - f) * h + f * n if kind == "mgu" else n
+            gates.append(f)
+            candidates.append(n)
+        h = xp.where(mask[:, t:t + 1] > 0, new, h)
+        hs.append(h)
+    stack = lambda a: xp.stack(a, 1)  # noqa: E731
+    extra = () if kind == "elman" else ((stack(gates),) if kind == "forget_elman" else (stack(gates), stack(candidates)))
+    return stack(hs), extra
+
+
+CASES = [  # kind, activation, batch, hidden: one thread and a 16-column block, or two threads
+    ("elman", "tanh", 3, 16), ("elman", "relu", 19, 48), ("forget_elman", "sigmoid", 3, 16),
+    ("forget_elman", "identity", 19, 48), ("mgu", "tanh", 19, 48),
+]
+
+
+@pytest.mark.parametrize("kind,act,batch,hidden", CASES)
+def test_kernels_follow_the_equations(kind, act, batch, hidden):
+    loops = "elman" if kind == "elman" else "forget_gate"
+    if not native.available(loops):
+        pytest.skip(f"native {loops} loops not built: {native.build_error(loops)}")
+    length, inputs = 6, 5
+    blocks = 1 if kind == "elman" else 2
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    xs, h0 = normal(batch, length, inputs), normal(batch, hidden)
+    w_ih, bias = normal(blocks * hidden, inputs) / np.sqrt(inputs), normal(blocks * hidden)
+    weights = tuple(normal(hidden, hidden) / np.sqrt(hidden) for _ in range(blocks))
+    mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
+    p = xs.astype(np.float64) @ w_ih.T
+    want, want_extra = run(np, kind, act, p, mask, bias, weights, h0)
+    valid = mask[:, :, None] > 0  # a masked step's gates are not used
+
+    if kind == "elman":
+        w_t = np.concatenate([w_ih, weights[0]], axis=1).T.copy()
+        got = jax.jit(native.elman_forward, static_argnames="activation")(xs, mask, w_t, bias, h0, activation=act)
+        got, got_extra, inference = (got,), (), None
+    else:
+        wf_t = np.concatenate([w_ih[:hidden], weights[0]], axis=1).T.copy()
+        wh_t = np.concatenate([w_ih[hidden:], weights[1]], axis=1).T.copy()
+        forward = jax.jit(native.forget_gate_forward, static_argnums=0, static_argnames=("activation", "inference"))
+        got = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act)
+        got_extra = got[1:]
+        (inference,) = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act, inference=True)
+        np.testing.assert_allclose(inference, want, atol=2e-6)
+    np.testing.assert_allclose(got[0], want, atol=2e-6)
+    assert len(got_extra) == len(want_extra)
+    for a, b in zip(got_extra, want_extra):
+        np.testing.assert_allclose(np.where(valid, a, 0), np.where(valid, b, 0), atol=2e-6)
+
+    dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
+
+    def loss(p, bias, h0):  # the same equations in jnp, differentiated by JAX
+        hs, _ = run(jnp, kind, act, p, mask, bias, weights, h0)
+        return jnp.sum(hs * dys) + jnp.sum(hs[:, -1] * dh_last)
+
+    dp, dh0 = jax.grad(loss, argnums=(0, 2))(p.astype(np.float32), jnp.asarray(bias), h0)
+    if kind == "elman":
+        dz, got_dh0, db = jax.jit(native.elman_backward, static_argnames="activation")(
+            got[0], dys, mask, dh_last, weights[0], activation=act)
+    else:
+        dzf, dzh, got_dh0, db = jax.jit(native.forget_gate_backward, static_argnums=0, static_argnames="activation")(
+            kind, tuple(got), dys, mask, dh_last, h0, *weights, activation=act)
+        dz = jnp.concatenate([dzf, dzh], axis=-1)
+    for a, b in ((dz, dp), (got_dh0, dh0), (db, jnp.sum(dp, axis=1))):
+        np.testing.assert_allclose(a, b, atol=5e-6)
+
+
+@needs("linear")
+@pytest.mark.parametrize("batch", [3, 19])
+def test_the_linear_kernels_follow_the_equations(batch):
+    length, hidden = 7, 20
+    rng = np.random.default_rng(0)
+    ps, h0 = rng.normal(size=(batch, length, hidden)).astype(np.float32), rng.normal(size=(batch, hidden)).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.0, hidden).astype(np.float32)
+    mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
+
+    def reference(xp, ps, gamma, h0):  # gamma per sequence (B, H)
+        h, hs = h0, []
+        for t in range(length):
+            h = xp.where(mask[:, t:t + 1] > 0, gamma * h + ps[:, t], h)
+            hs.append(h)
+        return xp.stack(hs, 1)
+
+    hs = jax.jit(native.linear_forward)(ps, mask, gamma, h0)
+    np.testing.assert_allclose(hs, reference(np, ps.astype(np.float64), gamma, h0), atol=2e-6)
+    dys, dh_last = rng.normal(size=ps.shape).astype(np.float32), rng.normal(size=h0.shape).astype(np.float32)
+
+    def loss(ps, gamma, h0):
+        out = reference(jnp, ps, gamma, h0)
+        return jnp.sum(out * dys) + jnp.sum(out[:, -1] * dh_last)
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(ps, jnp.broadcast_to(gamma, h0.shape), h0)
+    got = jax.jit(native.linear_backward)(hs, dys, mask, gamma, h0, dh_last)
+    for a, b in zip(got, (want[0], want[2], want[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
+
+
+def runs_native(function, *args) -> bool:
+    jaxpr = str(jax.make_jaxpr(function)(*args))
+    return any(f"recurrax_{name}_forward" in jaxpr for name in ("elman", "forget_elman", "mgu", "linear"))
+
+
+def assert_native_equals_plain(loss, *args):
+    """``loss`` runs native loops, and its value and gradients equal the plain scan's."""
+    assert runs_native(loss, *args)
+    step = jax.value_and_grad(loss, argnums=tuple(range(len(args))))
+    got = jax.jit(step)(*args)
+    with recurrax.fused.disabled():
+        want = jax.jit(lambda *a: step(*a))(*args)
+    assert_close(got, want)
+
+
+def assert_close(got, want):
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        scale = max(1.0, float(np.max(np.abs(b))))
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+LAYER_CASES = [
+    ("elman", lambda key: recurrax.Elman(5, 16, activation="relu", key=key)),
+    ("forget_gate", lambda key: recurrax.ForgetElman(5, 32, key=key)),
+    ("forget_gate", lambda key: recurrax.MGU(5, 16, key=key)),
+    ("linear", lambda key: recurrax.LinearRecurrence(5, 20, key=key)),
+]
+
+
+@pytest.mark.parametrize("loops,make", LAYER_CASES)
+def test_the_layers_on_native_loops_equal_the_plain_scan(loops, make):
+    """Masked and reversed, bidirectional, in chunks, one sequence, and per-example gradients."""
+    if not native.available(loops):
+        pytest.skip(f"native {loops} loops not built: {native.build_error(loops)}")
+    cell = make(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (17, 9, 5))
+    mask = jax.random.bernoulli(jax.random.key(3), 0.7, xs.shape[:2]).at[:, -1].set(False)
+    h0 = 0.3 * jnp.ones(cell.hidden_size)
+    bidirectional = recurrax.Bidirectional(recurrax.Recurrent(cell), recurrax.Recurrent(cell))
+
+    def loss(cell, xs):
+        masked, hm = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=True))(xs, mask)
+        chunked, hc = jax.vmap(lambda x: recurrax.scan(cell, x, chunk_size=4))(xs)
+        single = recurrax.scan(cell, xs[0])[0]
+        return (jnp.sum(jnp.sin(masked)) + jnp.sum(hm ** 2) + jnp.sum(jnp.cos(chunked)) + jnp.sum(hc)
+                + jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs))) + jnp.sum(single))
+
+    assert_native_equals_plain(loss, cell, xs)
+
+    def per_example(cell, xs):
+        return jax.vmap(jax.grad(lambda c, x: jnp.sum(recurrax.scan(c, x)[0] ** 2)), in_axes=(None, 0))(cell, xs)
+
+    assert runs_native(per_example, cell, xs)
+    got = jax.jit(per_example)(cell, xs)
+    with recurrax.fused.disabled():
+        want = jax.jit(lambda c, x: per_example(c, x))(cell, xs)
+    assert_close(got, want)
+
+
+@needs("forget_gate")
+def test_a_call_not_differentiated_runs_the_inference_loop_alone():
+    cell = recurrax.MGU(5, 16, key=jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (4, 6, 5))
+    layer = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s)[0])(x)  # noqa: E731
+    inference = jax.jit(layer).lower(cell, xs).compile().as_text()
+    training = jax.jit(jax.grad(lambda c, x: jnp.sum(layer(c, x)))).lower(cell, xs).compile().as_text()
+    assert "recurrax_mgu_inference" in inference and "recurrax_mgu_forward" not in inference
+    assert "recurrax_mgu_forward" in training and "recurrax_mgu_inference" not in training
+
+
+@needs("linear")
+def test_what_the_native_loops_leave_to_xla():
+    xs = jax.random.normal(jax.random.key(1), (4, 6, 5))
+    flags = jnp.zeros(xs.shape[:2], bool).at[:, 3].set(True)
+    layer = lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x)[0])(x)  # noqa: E731
+    linear = recurrax.LinearRecurrence(5, 8, key=jax.random.key(0))
+    assert runs_native(layer, linear, xs)
+    with recurrax.fused.disabled():
+        assert not runs_native(layer, linear, xs)
+    with recurrax.native.disabled():
+        assert not runs_native(layer, linear, xs)
+    assert not runs_native(lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x, fused=False)[0])(x), linear, xs)
+    assert not runs_native(lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x, mode="associative")[0])(x), linear, xs)
+    assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s),
+                           linear, xs, flags)
+    ensemble = jax.vmap(lambda k: recurrax.LinearRecurrence(5, 8, key=k))(jax.random.split(jax.random.key(2), 2))
+    assert not runs_native(lambda c, x: jax.vmap(layer, in_axes=(0, None))(c, x), ensemble, xs)
+    assert not runs_native(layer, recurrax.Elman(5, 12, key=jax.random.key(0)), xs)  # 12: not a multiple of 16
+    assert not runs_native(layer, jax.tree_util.tree_map(lambda a: a.astype(jnp.float16), linear),
+                           xs.astype(jnp.float16))
+
+
+def test_an_unknown_activation_or_loops_name_is_refused():
+    with pytest.raises(ValueError, match="no activation 'gelu'"):
+        native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)), jnp.zeros(16),
+                             jnp.zeros((1, 16)), activation="gelu")
+    with pytest.raises(ValueError, match="no native loops 'gru'"):
+        native.available("gru")
