@@ -122,30 +122,34 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
 @needs("linear")
 @pytest.mark.parametrize("batch", [3, 19])
 def test_the_linear_kernels_follow_the_equations(batch):
-    length, hidden = 7, 20
+    length, hidden, inputs = 7, 48, 5
     rng = np.random.default_rng(0)
-    ps, h0 = rng.normal(size=(batch, length, hidden)).astype(np.float32), rng.normal(size=(batch, hidden)).astype(np.float32)
+    xs, h0 = rng.normal(size=(batch, length, inputs)).astype(np.float32), rng.normal(size=(batch, hidden)).astype(np.float32)
+    w = (rng.normal(size=(hidden, inputs)) / np.sqrt(inputs)).astype(np.float32)
+    ps = xs @ w.T
     gamma = rng.uniform(0.5, 1.0, hidden).astype(np.float32)
+    bias = rng.normal(size=hidden).astype(np.float32)
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
 
-    def reference(xp, ps, gamma, h0):  # gamma per sequence (B, H)
+    def reference(xp, ps, gamma, bias, h0):  # gamma and bias per sequence (B, H)
         h, hs = h0, []
         for t in range(length):
-            h = xp.where(mask[:, t:t + 1] > 0, gamma * h + ps[:, t], h)
+            h = xp.where(mask[:, t:t + 1] > 0, gamma * h + (ps[:, t] + bias), h)
             hs.append(h)
         return xp.stack(hs, 1)
 
-    hs = jax.jit(native.linear_forward)(ps, mask, gamma, h0)
-    np.testing.assert_allclose(hs, reference(np, ps.astype(np.float64), gamma, h0), atol=2e-6)
+    hs = jax.jit(native.linear_forward)(ps, mask, gamma, bias, h0)
+    np.testing.assert_allclose(hs, reference(np, xs.astype(np.float64) @ w.T, gamma, bias, h0), atol=5e-6)
     dys, dh_last = rng.normal(size=ps.shape).astype(np.float32), rng.normal(size=h0.shape).astype(np.float32)
 
-    def loss(ps, gamma, h0):
-        out = reference(jnp, ps, gamma, h0)
+    def loss(ps, gamma, bias, h0):
+        out = reference(jnp, ps, gamma, bias, h0)
         return jnp.sum(out * dys) + jnp.sum(out[:, -1] * dh_last)
 
-    want = jax.grad(loss, argnums=(0, 1, 2))(ps, jnp.broadcast_to(gamma, h0.shape), h0)
+    per_sequence = lambda a: jnp.broadcast_to(a, h0.shape)  # noqa: E731
+    dp, dgamma, db, dh0 = jax.grad(loss, argnums=(0, 1, 2, 3))(ps, per_sequence(gamma), per_sequence(bias), h0)
     got = jax.jit(native.linear_backward)(hs, dys, mask, gamma, h0, dh_last)
-    for a, b in zip(got, (want[0], want[2], want[1])):
+    for a, b in zip(got, (dp, dh0, dgamma, db), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
 
 
@@ -224,7 +228,7 @@ def test_what_the_native_loops_leave_to_xla():
     xs = jax.random.normal(jax.random.key(1), (4, 6, 5))
     flags = jnp.zeros(xs.shape[:2], bool).at[:, 3].set(True)
     layer = lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x)[0])(x)  # noqa: E731
-    linear = recurrax.LinearRecurrence(5, 8, key=jax.random.key(0))
+    linear = recurrax.LinearRecurrence(5, 16, key=jax.random.key(0))
     assert runs_native(layer, linear, xs)
     with recurrax.fused.disabled():
         assert not runs_native(layer, linear, xs)
@@ -234,9 +238,10 @@ def test_what_the_native_loops_leave_to_xla():
     assert not runs_native(lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x, mode="associative")[0])(x), linear, xs)
     assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s),
                            linear, xs, flags)
-    ensemble = jax.vmap(lambda k: recurrax.LinearRecurrence(5, 8, key=k))(jax.random.split(jax.random.key(2), 2))
+    ensemble = jax.vmap(lambda k: recurrax.LinearRecurrence(5, 16, key=k))(jax.random.split(jax.random.key(2), 2))
     assert not runs_native(lambda c, x: jax.vmap(layer, in_axes=(0, None))(c, x), ensemble, xs)
     assert not runs_native(layer, recurrax.Elman(5, 12, key=jax.random.key(0)), xs)  # 12: not a multiple of 16
+    assert runs_native(layer, recurrax.LinearRecurrence(5, 12, key=jax.random.key(0)), xs)  # any size
     assert not runs_native(layer, jax.tree_util.tree_map(lambda a: a.astype(jnp.float16), linear),
                            xs.astype(jnp.float16))
 

@@ -176,9 +176,9 @@ def scan(
     def run_chunk(x, s, m, h):
         if use_fused:  # projects the inputs itself
             return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll, batch)
+        if native_linear:  # (s is None) projects the inputs itself
+            return _fused_native.linear_scan(cell, x, h, m)
         ps = jax.vmap(cell.project)(x)
-        if native_linear:  # (s is None)
-            return _fused_native.linear_scan(cell, ps, h, m)
         if mode == "sequential":
             return _sequential(cell, ps, h, h_reset, s, m, unroll)
         return _associative(cell, ps, h, h_reset, s, m)

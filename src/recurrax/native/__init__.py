@@ -307,19 +307,19 @@ def forget_gate_backward(cell: str, residuals, dys, mask, dh_last, h0, w_fh, w_h
 # --- LinearRecurrence -------------------------------------------------------------------------
 
 
-def linear_forward(ps, mask, gamma, h0):
-    """The linear recurrence's forward loop, h_t = γ ⊙ h_{t-1} + p_t: ``ps`` (B, T, H) the
-    projections, ``mask`` (B, T), ``gamma`` (H), ``h0`` (B, H); float32. Returns the states
-    (B, T, H)."""
-    (hs,) = _call("linear", "recurrax_linear_forward", (ps.shape,), ps, mask, gamma, h0)
+def linear_forward(ps, mask, gamma, bias, h0):
+    """The linear recurrence's forward loop, h_t = γ ⊙ h_{t-1} + (p_t + b): ``ps`` (B, T, H) the
+    input products W x_t, ``mask`` (B, T), ``gamma`` and ``bias`` (H), ``h0`` (B, H); float32.
+    Returns the states (B, T, H)."""
+    (hs,) = _call("linear", "recurrax_linear_forward", (ps.shape,), ps, mask, gamma, bias, h0)
     return hs
 
 
 def linear_backward(hs, dys, mask, gamma, h0, dh_last):
     """The linear recurrence's backward loop: ``hs`` from :func:`linear_forward`, ``dys`` their
     gradients, ``mask``, ``gamma``, ``h0``, ``dh_last`` the final state's gradient. Returns the
-    projections' gradients (B, T, H), the initial state's (B, H) and each sequence's gradient of
-    γ (B, H)."""
+    input products' gradients (B, T, H), the initial state's (B, H) and each sequence's gradients
+    of γ and of the bias (B, H each)."""
     batch, _, hidden = hs.shape
-    outputs = (hs.shape, (batch, hidden), (batch, hidden))
+    outputs = (hs.shape, (batch, hidden), (batch, hidden), (batch, hidden))
     return _call("linear", "recurrax_linear_backward", outputs, hs, dys, mask, gamma, h0, dh_last)

@@ -1,11 +1,10 @@
 // The loops over time of the linear recurrence with forgetting (LinearRecurrence) as XLA custom
-// calls on a CPU (see loops.h): no product in the loop, only the state's decay and the input's
-// projection, which XLA computes before the loop. Built and registered by
-// recurrax/native/__init__.py.
+// calls on a CPU (see loops.h): no product in the loop, only the state's decay; XLA computes the
+// input products W x_t before it. Built and registered by recurrax/native/__init__.py.
 //
-// Forward, per sequence and step t:   h_t = gamma * h_{t-1} + p_t     (p_t = W x_t + b)
+// Forward, per sequence and step t:   h_t = gamma * h_{t-1} + (W x_t + b)
 // Backward, from the last step to the first, with dh the gradient carried to step t:
-//   dh += dy_t;   dp_t = dh;   dgamma += dh * h_{t-1};   dh <- gamma * dh
+//   dh += dy_t;   dp_t = dh;   dgamma += dh * h_{t-1};   db += dh;   dh <- gamma * dh
 // A masked step keeps h and outputs it as it is; backward it passes dh on, with dp_t = 0.
 
 #include <algorithm>
@@ -22,15 +21,17 @@ namespace {
 
 using namespace recurrax_native;
 
-// Shapes: ps (B, T, H) the projections, mask (B, T) (1: the step runs; 0: it keeps the state),
-// gamma (H), h0 (B, H) -> hs (B, T, H).
+// Shapes: ps (B, T, H) the input products W x_t, mask (B, T) (1: the step runs; 0: it keeps the
+// state), gamma and bias (H), h0 (B, H) -> hs (B, T, H).
 ffi::Error LinearForwardImpl(ffi::Buffer<ffi::F32> ps, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> gamma,
-                             ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> hs) {
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
+                             ffi::ResultBuffer<ffi::F32> hs) {
   const auto dims = ps.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("linear_forward: ps must be (B, T, H)");
   const int64_t batch = dims[0], length = dims[1], hidden = dims[2];
-  if (gamma.element_count() != static_cast<size_t>(hidden) || h0.element_count() != static_cast<size_t>(batch * hidden)) {
-    return ffi::Error::InvalidArgument("linear_forward: gamma must be (H) and h0 (B, H)");
+  if (gamma.element_count() != static_cast<size_t>(hidden) || bias.element_count() != static_cast<size_t>(hidden) ||
+      h0.element_count() != static_cast<size_t>(batch * hidden)) {
+    return ffi::Error::InvalidArgument("linear_forward: gamma and bias must be (H), h0 (B, H)");
   }
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("linear_forward: mask must be (B, T)");
@@ -38,6 +39,7 @@ ffi::Error LinearForwardImpl(ffi::Buffer<ffi::F32> ps, ffi::Buffer<ffi::F32> mas
   const float* p = ps.typed_data();
   const float* valid = mask.typed_data();
   const float* decay = gamma.typed_data();
+  const float* b = bias.typed_data();
   const float* h_first = h0.typed_data();
   float* hs_out = hs->typed_data();
   over_rows(batch, [=](int64_t first, int64_t rows) {
@@ -47,7 +49,7 @@ ffi::Error LinearForwardImpl(ffi::Buffer<ffi::F32> ps, ffi::Buffer<ffi::F32> mas
       for (int64_t t = 0; t < length; ++t) {
         const int64_t at = (seq * length + t) * hidden;
         if (valid[seq * length + t] != 0.0f) {
-          for (int64_t k = 0; k < hidden; ++k) h[k] = decay[k] * h[k] + p[at + k];
+          for (int64_t k = 0; k < hidden; ++k) h[k] = decay[k] * h[k] + (p[at + k] + b[k]);
         }
         std::memcpy(hs_out + at, h.data(), hidden * sizeof(float));
       }
@@ -57,11 +59,11 @@ ffi::Error LinearForwardImpl(ffi::Buffer<ffi::F32> ps, ffi::Buffer<ffi::F32> mas
 }
 
 // Shapes: hs (B, T, H) from the forward loop, dys (B, T, H), mask (B, T), gamma (H), h0 and
-// dh_last (B, H) -> dp (B, T, H), dh0 (B, H), dgamma (B, H) (each sequence's own sum).
+// dh_last (B, H) -> dp (B, T, H), dh0 (B, H), dgamma and db (B, H) (each sequence's own sums).
 ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask,
                               ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> dh_last,
                               ffi::ResultBuffer<ffi::F32> dp, ffi::ResultBuffer<ffi::F32> dh0,
-                              ffi::ResultBuffer<ffi::F32> dgamma) {
+                              ffi::ResultBuffer<ffi::F32> dgamma, ffi::ResultBuffer<ffi::F32> db) {
   const auto dims = hs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("linear_backward: hs must be (B, T, H)");
   const int64_t batch = dims[0], length = dims[1], hidden = dims[2];
@@ -77,14 +79,21 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
   float* dp_out = dp->typed_data();
   float* dh_out = dh0->typed_data();
   float* dgamma_out = dgamma->typed_data();
+  float* db_out = db->typed_data();
   over_rows(batch, [=](int64_t first, int64_t rows) {
-    std::vector<float> dh(hidden), dg(hidden);
+    std::vector<float> dh(hidden), dg(hidden), bias_sum(hidden);
     for (int64_t seq = first; seq < first + rows; ++seq) {
       std::memcpy(dh.data(), dh_end + seq * hidden, hidden * sizeof(float));
       std::fill(dg.begin(), dg.end(), 0.0f);
+      std::fill(bias_sum.begin(), bias_sum.end(), 0.0f);
       for (int64_t t = length - 1; t >= 0; --t) {
         const int64_t at = (seq * length + t) * hidden;
         float* dpt = dp_out + at;
+        if (t > 2) {  // rows further back: the processor does not fetch a backward stream ahead
+          prefetch(dy + at - 2 * hidden, hidden);
+          prefetch(h_all + at - 3 * hidden, hidden);
+          prefetch_for_writing(dpt - 2 * hidden, hidden);
+        }
         for (int64_t k = 0; k < hidden; ++k) dh[k] += dy[at + k];
         if (valid[seq * length + t] == 0.0f) {
           std::fill(dpt, dpt + hidden, 0.0f);
@@ -94,11 +103,13 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
         for (int64_t k = 0; k < hidden; ++k) {
           dpt[k] = dh[k];
           dg[k] += dh[k] * h_prev[k];
+          bias_sum[k] += dh[k];
           dh[k] *= decay[k];
         }
       }
       std::memcpy(dh_out + seq * hidden, dh.data(), hidden * sizeof(float));
       std::memcpy(dgamma_out + seq * hidden, dg.data(), hidden * sizeof(float));
+      std::memcpy(db_out + seq * hidden, bias_sum.data(), hidden * sizeof(float));
     }
   });
   return ffi::Error::Success();
@@ -114,6 +125,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_linear_forward, LinearForwardImpl,
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
                                   .Ret<F32Buffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_linear_backward, LinearBackwardImpl,
@@ -124,6 +136,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_linear_backward, LinearBackwardImpl,
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
                                   .Arg<F32Buffer>()
+                                  .Ret<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>()
                                   .Ret<F32Buffer>());
