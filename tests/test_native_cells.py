@@ -1,5 +1,5 @@
-"""The native loops of Elman, ForgetElman, MGU and LinearRecurrence against their equations and
-against the plain scan (the LSTM's: test_native.py).
+"""The native loops of GRU, Elman, ForgetElman, MGU and LinearRecurrence against their equations
+and against the plain scan (the LSTM's: test_native.py).
 
 The kernels are checked against the cells' equations written out in NumPy in float64 (forward)
 and against JAX's autodiff of the same equations (backward), with masked steps, 1 and 2 threads
@@ -119,6 +119,67 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
         np.testing.assert_allclose(a, b, atol=5e-6)
 
 
+def gru_run(xp, p, mask, bias, bias_hn, w_hh, h0):
+    """The GRU's loop in NumPy (float64) or jnp: ``p`` the input products without bias (B, T, 3H).
+    Returns the states (B, T, H) and the gates (r, z, n, W_hn h + b_hn) (B, T, 4H)."""
+    hidden = h0.shape[1]
+    sigmoid = lambda z: activation(xp, "sigmoid", z)  # noqa: E731
+    h, hs, gates = h0, [], []
+    for t in range(p.shape[1]):
+        pt, g = p[:, t] + bias, h @ w_hh.T
+        r, z = sigmoid(pt[:, :hidden] + g[:, :hidden]), sigmoid(pt[:, hidden:2 * hidden] + g[:, hidden:2 * hidden])
+        gn = g[:, 2 * hidden:] + bias_hn
+        n = xp.tanh(pt[:, 2 * hidden:] + r * gn)
+        h = xp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * h, h)
+        hs.append(h)
+        gates.append(xp.concatenate([r, z, n, gn], axis=1))
+    return xp.stack(hs, 1), xp.stack(gates, 1)
+
+
+@needs("gru")
+@pytest.mark.parametrize("batch,hidden", [(3, 16), (19, 48)])
+def test_the_gru_kernels_follow_the_equations(batch, hidden):
+    length, inputs = 6, 5
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    xs, h0 = normal(batch, length, inputs), normal(batch, hidden)
+    w_ih, w_hh = normal(3 * hidden, inputs) / np.sqrt(inputs), normal(3 * hidden, hidden) / np.sqrt(hidden)
+    bias, bias_hn = normal(3 * hidden), normal(hidden)
+    mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
+    p = xs.astype(np.float64) @ w_ih.T
+    want, want_gates = gru_run(np, p, mask, bias, bias_hn, w_hh, h0)
+    forward = jax.jit(native.gru_forward, static_argnames="inference")
+    loop_inputs = (xs, mask, w_ih.T.copy(), w_hh.T.copy(), bias, bias_hn, h0)
+    hs, gates = forward(*loop_inputs)
+    (inference,) = forward(*loop_inputs, inference=True)
+    valid = mask[:, :, None] > 0  # a masked step's gates are not used
+    for got in (hs, inference):
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_allclose(np.where(valid, gates, 0), np.where(valid, want_gates, 0), atol=2e-6)
+
+    dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
+
+    def loss(p, gn_shift, h0):  # gn_shift: a zero added to W_hn h + b_hn, for its gradient
+        hidden_ = h0.shape[1]
+        shifted_bias_hn = bias_hn + gn_shift  # (B, T, H) -> one per sequence and step
+        h, hs = h0, []
+        for t in range(length):
+            pt, g = p[:, t] + bias, h @ w_hh.T
+            r = jax.nn.sigmoid(pt[:, :hidden_] + g[:, :hidden_])
+            z = jax.nn.sigmoid(pt[:, hidden_:2 * hidden_] + g[:, hidden_:2 * hidden_])
+            n = jnp.tanh(pt[:, 2 * hidden_:] + r * (g[:, 2 * hidden_:] + shifted_bias_hn[:, t]))
+            h = jnp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * h, h)
+            hs.append(h)
+        hs = jnp.stack(hs, 1)
+        return jnp.sum(hs * dys) + jnp.sum(hs[:, -1] * dh_last)
+
+    dp, dgn, dh0 = jax.grad(loss, argnums=(0, 1, 2))(p.astype(np.float32), jnp.zeros((batch, length, hidden)), h0)
+    got = jax.jit(native.gru_backward)(hs, gates, dys, mask, dh_last, h0, w_hh)
+    want_grads = (dp[..., :2 * hidden], dp[..., 2 * hidden:], dgn, dh0, jnp.sum(dp, axis=1), jnp.sum(dgn, axis=1))
+    for a, b in zip(got, want_grads, strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-6)
+
+
 @needs("linear")
 @pytest.mark.parametrize("batch", [3, 19])
 def test_the_linear_kernels_follow_the_equations(batch):
@@ -155,7 +216,7 @@ def test_the_linear_kernels_follow_the_equations(batch):
 
 def runs_native(function, *args) -> bool:
     jaxpr = str(jax.make_jaxpr(function)(*args))
-    return any(f"recurrax_{name}_forward" in jaxpr for name in ("elman", "forget_elman", "mgu", "linear"))
+    return any(f"recurrax_{name}_forward" in jaxpr for name in ("gru", "elman", "forget_elman", "mgu", "linear"))
 
 
 def assert_native_equals_plain(loss, *args):
@@ -175,6 +236,7 @@ def assert_close(got, want):
 
 
 LAYER_CASES = [
+    ("gru", lambda key: recurrax.GRU(5, 16, key=key)),
     ("elman", lambda key: recurrax.Elman(5, 16, activation="relu", key=key)),
     ("forget_gate", lambda key: recurrax.ForgetElman(5, 32, key=key)),
     ("forget_gate", lambda key: recurrax.MGU(5, 16, key=key)),
@@ -250,5 +312,5 @@ def test_an_unknown_activation_or_loops_name_is_refused():
     with pytest.raises(ValueError, match="no activation 'gelu'"):
         native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)), jnp.zeros(16),
                              jnp.zeros((1, 16)), activation="gelu")
-    with pytest.raises(ValueError, match="no native loops 'gru'"):
-        native.available("gru")
+    with pytest.raises(ValueError, match="no native loops 'attention'"):
+        native.available("attention")

@@ -31,8 +31,8 @@ What differs from differentiating the plain loop:
 * **Weight and input gradients** come from one product each over all T·B rows, outside the loop
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
-* **Native loops.** On a CPU an LSTM, Elman network, ForgetElman or MGU in float32 (hidden size a
-  multiple of 16, no ``starts``) runs both loops as native code (:mod:`recurrax.fused_native`,
+* **Native loops.** On a CPU an LSTM, GRU, Elman network, ForgetElman or MGU in float32 (hidden
+  size a multiple of 16, no ``starts``) runs both loops as native code (:mod:`recurrax.fused_native`,
   :mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
   batch through every step, so the steps use every core, which XLA's loops cannot
   (:func:`runs_native`). The weight-gradient products stay in XLA, as below.

@@ -4,10 +4,10 @@ On a CPU, XLA runs a loop's body on one thread, and two loops of one program one
 so a batch's steps trained through XLA's loops use one core. The native loops give each thread its
 own sequences and run them through every step. :func:`recurrax.fused.fused_scan` hands a piece of
 a sequence to :func:`native_piece` where :func:`runs_native` says so: an
-:class:`~recurrax.LSTM`, :class:`~recurrax.Elman`, :class:`~recurrax.ForgetElman` or
-:class:`~recurrax.MGU` (not subclasses) in float32 with a hidden size that is a multiple of 16, on
-a CPU, without ``starts``, its weights shared by the batch, where the native code is built and not
-switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
+:class:`~recurrax.LSTM`, :class:`~recurrax.GRU`, :class:`~recurrax.Elman`,
+:class:`~recurrax.ForgetElman` or :class:`~recurrax.MGU` (not subclasses) in float32 with a hidden
+size that is a multiple of 16, on a CPU, without ``starts``, its weights shared by the batch,
+where the native code is built and not switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
 through :func:`linear_scan` where :func:`runs_native_linear` says so.
 
 What stays in XLA, as on the rest of the fused path: the input projections' gradients and the
@@ -15,8 +15,9 @@ weight gradients, from products over all steps through the *gradient carriers* (
 values XLA never computes and whose cotangents are the pre-activation gradients the backward loop
 writes; see :mod:`recurrax.fused`), so ``jax.vmap``, per-example gradients and ensembles stay
 exact. The forward loop also takes the input products, one product a step ``[x_t, h_{t-1}]
-[W_xᵀ; W_hᵀ]`` per gate block; the biases' gradients are summed per sequence in the backward loop.
-A masked step keeps the state (in the loops) and outputs zeros (here). First-order reverse-mode
+[W_xᵀ; W_hᵀ]`` per gate block (the GRU: ``x_t W_ihᵀ`` and ``h_{t-1} W_hhᵀ``, since its reset gate
+multiplies the recurrent part alone); the biases' gradients are summed per sequence in the
+backward loop. A masked step keeps the state (in the loops) and outputs zeros (here). First-order reverse-mode
 derivatives only, as for every fused scan.
 """
 
@@ -32,18 +33,18 @@ from ._batching import mapped_batch_size
 from ._first_order import first_order_only
 from .cells.base import Cell
 from .cells.elman import Elman, ForgetElman
+from .cells.gru import GRU
 from .cells.linear import LinearRecurrence
 from .cells.lstm import LSTM
 from .cells.mgu import MGU
 
 sg = jax.lax.stop_gradient
 
-NATIVE_LOOPS = {LSTM: "lstm", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
+NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
 
 
 def _native_allowed(loops: str, arrays) -> bool:
-    """What every native loop needs: switched on, a CPU, float32 arrays, weights (the arrays that
-    are not per sequence) not mapped by ``jax.vmap``, the code built."""
+    """What every native loop needs: switched on, a CPU, float32 ``arrays``, the code built."""
     if not native.enabled() or jax.default_backend() != "cpu":
         return False
     if any(a.dtype != jnp.float32 for a in arrays):
@@ -54,6 +55,11 @@ def _native_allowed(loops: str, arrays) -> bool:
 def _shared(weights) -> bool:
     """Whether no ``jax.vmap`` maps ``weights`` (an ensemble's members would each have their own)."""
     return all(mapped_batch_size(w) is None for w in weights)
+
+
+def _parameters(cell: Cell):
+    """The cell's arrays (its parameters), in a list."""
+    return [leaf for leaf in jax.tree_util.tree_leaves(cell) if isinstance(leaf, jax.Array)]
 
 
 def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
@@ -69,13 +75,8 @@ def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
         return False
     if getattr(cell, "activation", "tanh") not in native.ACTIVATIONS:
         return False
-    weights = jax.tree_util.tree_leaves(_parameters(cell))
+    weights = _parameters(cell)
     return _shared(weights) and _native_allowed(loops, [xs, *weights, *jax.tree_util.tree_leaves(h0)])
-
-
-def _parameters(cell: Cell):
-    """The cell's arrays (its parameters), in a list."""
-    return [leaf for leaf in jax.tree_util.tree_leaves(cell) if isinstance(leaf, jax.Array)]
 
 
 def _batched_call(kernel, batched_args: tuple[bool, ...]):
@@ -149,6 +150,8 @@ def native_piece(cell: Cell, xs, h0, mask):
     steps = _steps(mask, xs.shape[0])
     if type(cell) is LSTM:
         states, final = _lstm_piece(cell, xs, h0, steps)
+    elif type(cell) is GRU:
+        states, final = _gru_piece(cell, xs, h0, steps)
     elif type(cell) is Elman:
         states, final = _elman_piece(cell, xs, h0, steps)
     else:
@@ -181,6 +184,37 @@ def _lstm_vjp(saved, cts):
     dys, (dh_last, dc_last) = cts
     dz, dh0, dc0, db = _lstm_backward(gates, cs, dys, steps, dh_last, dc_last, c_first, w_hh)
     return dz, db, (dz,), (dh0, dc0)
+
+
+# --- GRU ----------------------------------------------------------------------------------------
+
+_gru_forward = _batched_call(native.gru_forward, (True, True, False, False, False, False, True))
+_gru_inference = _batched_call(functools.partial(native.gru_forward, inference=True),
+                               (True, True, False, False, False, False, True))
+_gru_backward = _batched_call(native.gru_backward, (True, True, True, True, True, True, False))
+
+
+def _gru_piece(cell: GRU, xs, h0, steps):
+    frozen = sg(cell)
+    h_first = sg(h0)
+    loop_inputs = (sg(xs), steps, frozen.weight_ih.T, frozen.weight_hh.T, frozen.bias, frozen.bias_hn, h_first)
+    hs, gates = _gru_forward(*loop_inputs)
+    (hs_inference,) = _gru_inference(*loop_inputs)
+    # Carriers, one product per block of gates (r and z; n), as on XLA's loops.
+    cut = 2 * cell.hidden_size
+    w_ih_rz, w_in = jnp.split(cell.weight_ih, [cut])
+    w_hh_rz, w_hn = jnp.split(cell.weight_hh, [cut])
+    h_prev = _previous(h_first, hs)
+    carriers = ((xs @ w_ih_rz.T, xs @ w_in.T), (h_prev @ w_hh_rz.T, h_prev @ w_hn.T))
+    return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0), (hs, gates, steps, h_first, frozen.weight_hh),
+                   (hs, hs[-1]), (hs_inference, hs_inference[-1]))
+
+
+def _gru_vjp(saved, cts):
+    hs, gates, steps, h_first, w_hh = saved
+    dys, dh_last = cts
+    d_rz, dn, dgn, dh0, db, db_hn = _gru_backward(hs, gates, dys, steps, dh_last, h_first, w_hh)
+    return ((d_rz, dn), (d_rz, dgn)), db, db_hn, dh0
 
 
 # --- Elman --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ loops give each thread its own rows of the batch and run them through every step
 never waiting for each other (``loops.h``). The input projections' and weights' gradients stay in
 XLA. Measured on a 2-core CPU: see ``benchmarks/README.md``.
 
-The loops (:data:`LOOPS`): ``lstm.cc`` (LSTM), ``elman.cc`` (Elman network), ``forget_gate.cc``
+The loops (:data:`LOOPS`): ``lstm.cc`` (LSTM), ``gru.cc`` (GRU), ``elman.cc`` (Elman network), ``forget_gate.cc``
 (ForgetElman and MGU) and ``linear.cc`` (LinearRecurrence). Each is compiled on its first use into
 a library of its own, with the machine's C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) for the machine's own processor (``-march=native``) against the headers of XLA's FFI
@@ -48,12 +48,14 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 # they run, and their custom calls.
 LOOPS = {
     "lstm": "LSTM",
+    "gru": "GRU",
     "elman": "Elman",
     "forget_gate": "ForgetElman and MGU",
     "linear": "LinearRecurrence",
 }
 _TARGETS = {
     "lstm": ("recurrax_lstm_forward", "recurrax_lstm_inference", "recurrax_lstm_backward"),
+    "gru": ("recurrax_gru_forward", "recurrax_gru_inference", "recurrax_gru_backward"),
     "elman": ("recurrax_elman_forward", "recurrax_elman_backward"),
     "forget_gate": ("recurrax_forget_elman_forward", "recurrax_forget_elman_inference",
                     "recurrax_forget_elman_backward", "recurrax_mgu_forward", "recurrax_mgu_inference",
@@ -241,6 +243,34 @@ def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
     hidden = width // 4
     outputs = ((batch, length, width), (batch, hidden), (batch, hidden), (batch, width))
     return _call("lstm", "recurrax_lstm_backward", outputs, gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
+
+
+# --- GRU --------------------------------------------------------------------------------------
+
+
+def gru_forward(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False):
+    """The GRU's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
+    :func:`lstm_forward`, ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) the matrices transposed (gates
+    r, z, n), ``bias`` (3H), ``bias_hn`` (H), ``h0`` (B, H); float32, H a multiple of 16. Returns
+    the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and the recurrent
+    n-part W_hn h + b_hn; with ``inference`` the states alone (a tuple of one)."""
+    (batch, length, _), hidden = xs.shape, w_hh_t.shape[0]
+    outputs = ((batch, length, hidden),) if inference else ((batch, length, hidden), (batch, length, 4 * hidden))
+    target = "recurrax_gru_inference" if inference else "recurrax_gru_forward"
+    return _call("gru", target, outputs, xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0)
+
+
+def gru_backward(hs, gates, dys, mask, dh_last, h0, w_hh):
+    """The GRU's backward loop: ``hs`` and ``gates`` from :func:`gru_forward`, ``dys`` (B, T, H)
+    the states' gradients, ``mask``, ``dh_last`` and ``h0`` (B, H), ``w_hh`` (3H, H) as the cell
+    stores it. Returns the gradients of the r and z pre-activations (B, T, 2H), of the n
+    pre-activation's input part (B, T, H) and its recurrent part W_hn h + b_hn (B, T, H), of the
+    initial state (B, H), and each sequence's sums over its steps (B, 3H: the bias's; B, H:
+    ``bias_hn``'s)."""
+    batch, length, hidden = hs.shape
+    outputs = ((batch, length, 2 * hidden), (batch, length, hidden), (batch, length, hidden), (batch, hidden),
+               (batch, 3 * hidden), (batch, hidden))
+    return _call("gru", "recurrax_gru_backward", outputs, hs, gates, dys, mask, dh_last, h0, w_hh)
 
 
 # --- Elman, ForgetElman, MGU ------------------------------------------------------------------

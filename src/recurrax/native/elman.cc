@@ -146,26 +146,8 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
 
 }  // namespace
 
-using F32Buffer = ffi::Buffer<ffi::F32>;
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_elman_forward, ElmanForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Ret<F32Buffer>());
+                              results<1>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_elman_backward, ElmanBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<3>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));

@@ -289,81 +289,19 @@ ffi::Error MguBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
 
 }  // namespace
 
-using F32Buffer = ffi::Buffer<ffi::F32>;
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_forward, ForgetElmanForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<2>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_inference, ForgetElmanInferenceImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Ret<F32Buffer>());
+                              results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_backward, ForgetElmanBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<4>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_forward, MguForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_forward, MguForwardImpl, results<3>(arguments<6>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_inference, MguInferenceImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<1>(arguments<6>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_backward, MguBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<4>(arguments<9>(ffi::Ffi::Bind())));

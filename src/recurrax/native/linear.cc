@@ -117,26 +117,8 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
 
 }  // namespace
 
-using F32Buffer = ffi::Buffer<ffi::F32>;
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_linear_forward, LinearForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<1>(arguments<5>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_linear_backward, LinearBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<4>(arguments<6>(ffi::Ffi::Bind())));

@@ -12,7 +12,10 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#include "xla/ffi/api/ffi.h"
 
 namespace recurrax_native {
 
@@ -169,6 +172,28 @@ void over_rows(int64_t batch, Work work) {
   }
   work(0, batch / threads);
   for (auto& helper : helpers) helper.join();
+}
+
+// A handler's binding with `count` (at least 1) more float32 buffers as arguments (results):
+//   results<3>(arguments<5>(xla::ffi::Ffi::Bind()).Attr<int32_t>("activation"))
+// binds f(5 buffers, an int32 attribute, 3 result buffers), in that order. (A binding cannot be
+// copied or moved, only extended: each step returns the next one as it is made.)
+template <int count, typename Binding>
+auto arguments(Binding&& binding) {
+  if constexpr (count == 1) {
+    return std::move(binding).template Arg<xla::ffi::Buffer<xla::ffi::F32>>();
+  } else {
+    return arguments<count - 1>(std::move(binding).template Arg<xla::ffi::Buffer<xla::ffi::F32>>());
+  }
+}
+
+template <int count, typename Binding>
+auto results(Binding&& binding) {
+  if constexpr (count == 1) {
+    return std::move(binding).template Ret<xla::ffi::Buffer<xla::ffi::F32>>();
+  } else {
+    return results<count - 1>(std::move(binding).template Ret<xla::ffi::Buffer<xla::ffi::F32>>());
+  }
 }
 
 }  // namespace recurrax_native

@@ -207,42 +207,11 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
 
 }  // namespace
 
-using F32Buffer = ffi::Buffer<ffi::F32>;
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_forward, LstmForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<3>(arguments<6>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_inference, LstmInferenceImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<2>(arguments<6>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_backward, LstmBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>()
-                                  .Ret<F32Buffer>());
+                              results<4>(arguments<8>(ffi::Ffi::Bind())));
