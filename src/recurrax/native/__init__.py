@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -151,7 +152,9 @@ def _build(loops: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _log.info("compiling recurrax's native %s loops into %s (once)", LOOPS[loops], target)
+    # Once per machine and cache, a few seconds: said where it shows, not only in a log.
+    print(f"recurrax: compiling the native {LOOPS[loops]} loops for this machine (once, a few seconds) "
+          f"into {target.parent}", file=sys.stderr)
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so.partial", delete=False) as partial:
         partial_path = Path(partial.name)
     try:
