@@ -312,5 +312,8 @@ def test_an_unknown_activation_or_loops_name_is_refused():
     with pytest.raises(ValueError, match="no activation 'gelu'"):
         native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)), jnp.zeros(16),
                              jnp.zeros((1, 16)), activation="gelu")
+    with pytest.raises(ValueError, match="run 'forget_elman' or 'mgu', not 'gru'"):
+        native.forget_gate_forward("gru", jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)),
+                                   jnp.zeros((19, 16)), jnp.zeros(32), jnp.zeros((1, 16)))
     with pytest.raises(ValueError, match="no native loops 'attention'"):
         native.available("attention")

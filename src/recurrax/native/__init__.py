@@ -309,22 +309,29 @@ def elman_backward(hs, dys, mask, dh_last, w_hh, activation="tanh"):
                  activation=_activation(activation))
 
 
-def forget_gate_forward(cell: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False):
-    """The forward loop of ``cell`` (``"forget_elman"`` or ``"mgu"``) over a batch: ``xs`` (B, T, I),
+def _forget_gate_attributes(kind: str, activation: str) -> dict:
+    """The custom call's attributes for ``kind`` (``"forget_elman"``: its activation; ``"mgu"``: none)."""
+    if kind not in ("forget_elman", "mgu"):
+        raise ValueError(f"the forget-gate loops run 'forget_elman' or 'mgu', not {kind!r}")
+    return {} if kind == "mgu" else {"activation": _activation(activation)}
+
+
+def forget_gate_forward(kind: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False):
+    """The forward loop of ``kind`` (``"forget_elman"`` or ``"mgu"``) over a batch: ``xs`` (B, T, I),
     ``mask`` (B, T), ``wf_t`` and ``wh_t`` (I + H, H) = ``[W_fxᵀ; W_fhᵀ]`` and ``[W_hxᵀ; W_hhᵀ]``,
     ``bias`` (2H) = ``[b_f; b]``, ``h0`` (B, H), ``activation`` ForgetElman's (the MGU's is tanh).
     Returns the states after each step (B, T, H), then the forget gates (B, T, H) and for the MGU
     the candidates (B, T, H); with ``inference`` the states alone (a tuple of one)."""
     (batch, length, _), hidden = xs.shape, wf_t.shape[1]
-    count = 1 if inference else (3 if cell == "mgu" else 2)
-    target = f"recurrax_{cell}_{'inference' if inference else 'forward'}"
-    attributes = {} if cell == "mgu" else {"activation": _activation(activation)}
+    attributes = _forget_gate_attributes(kind, activation)
+    count = 1 if inference else (3 if kind == "mgu" else 2)
+    target = f"recurrax_{kind}_{'inference' if inference else 'forward'}"
     return _call("forget_gate", target, ((batch, length, hidden),) * count, xs, mask, wf_t, wh_t, bias, h0,
                  **attributes)
 
 
-def forget_gate_backward(cell: str, residuals, dys, mask, dh_last, h0, w_fh, w_hh, activation="tanh"):
-    """The backward loop of ``cell`` (as for :func:`forget_gate_forward`): ``residuals`` what its
+def forget_gate_backward(kind: str, residuals, dys, mask, dh_last, h0, w_fh, w_hh, activation="tanh"):
+    """The backward loop of ``kind`` (as for :func:`forget_gate_forward`): ``residuals`` what its
     forward loop returned (states, gates and for the MGU candidates), ``dys`` (B, T, H) the states'
     gradients, ``mask``, ``dh_last`` (B, H), ``h0`` (B, H), ``w_fh`` and ``w_hh`` (H, H) as the
     cell stores them. Returns the gradients of the gate's and the state's pre-activations (B, T, H
@@ -332,8 +339,8 @@ def forget_gate_backward(cell: str, residuals, dys, mask, dh_last, h0, w_fh, w_h
     (B, 2H: the biases')."""
     batch, length, hidden = residuals[0].shape
     outputs = ((batch, length, hidden), (batch, length, hidden), (batch, hidden), (batch, 2 * hidden))
-    attributes = {} if cell == "mgu" else {"activation": _activation(activation)}
-    return _call("forget_gate", f"recurrax_{cell}_backward", outputs, *residuals, dys, mask, dh_last, h0, w_fh,
+    attributes = _forget_gate_attributes(kind, activation)
+    return _call("forget_gate", f"recurrax_{kind}_backward", outputs, *residuals, dys, mask, dh_last, h0, w_fh,
                  w_hh, **attributes)
 
 
