@@ -119,6 +119,27 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
         np.testing.assert_allclose(a, b, atol=5e-6)
 
 
+@needs("elman")
+def test_calls_running_at_once_each_get_their_own_answer():
+    """Calls from several threads at once (as XLA runs independent operations side by side): one
+    takes the kept helper threads, the others start their own; each answer follows the equations."""
+    import concurrent.futures
+
+    batch, length, inputs, hidden = 19, 40, 5, 16
+    rng = np.random.default_rng(1)
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    w_ih, w_hh, bias = normal(hidden, inputs) / 3, normal(hidden, hidden) / 4, normal(hidden)
+    mask = (rng.random((batch, length)) > 0.2).astype(np.float32)
+    w_t = np.concatenate([w_ih, w_hh], axis=1).T.copy()
+    forward = jax.jit(native.elman_forward)
+    cases = [(normal(batch, length, inputs), normal(batch, hidden)) for _ in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(lambda case: np.asarray(forward(case[0], mask, w_t, bias, case[1])), cases * 4))
+    for (xs, h0), got in zip(cases * 4, answers):
+        want, _ = run(np, "elman", "tanh", xs.astype(np.float64) @ w_ih.T, mask, bias, (w_hh,), h0)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
 def gru_run(xp, p, mask, bias, bias_hn, w_hh, h0):
     """The GRU's loop in NumPy (float64) or jnp: ``p`` the input products without bias (B, T, 3H).
     Returns the states (B, T, H) and the gates (r, z, n, W_hn h + b_hn) (B, T, 4H)."""

@@ -9,13 +9,21 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+// Everything here stays inside the library that includes it (hidden from the dynamic linker): each
+// cell's loops are a library of their own, possibly built from another version of this file, and
+// their inline functions and the helper threads' instance must not stand in for one another's.
+#pragma GCC visibility push(hidden)
 
 namespace recurrax_native {
 
@@ -160,18 +168,85 @@ inline int64_t thread_count(int64_t batch) {
   return std::max<int64_t>(1, std::min<int64_t>(cpus, batch / 8));
 }
 
+// Threads kept waiting for work, so that a call does not start and end threads of its own
+// (about 40 us each on a 2-core machine, a tenth of a small step). One set of jobs at a time: a
+// call that finds them busy (XLA runs independent operations side by side, two directions of a
+// bidirectional layer say) starts threads of its own, as a call did before. The helpers live as
+// long as the process (they wait on a condition variable, costing nothing while idle).
+class Helpers {
+ public:
+  static Helpers& instance() {
+    static Helpers* helpers = new Helpers();  // never destroyed: blocked helpers end with the process
+    return *helpers;
+  }
+
+  // Runs job(i) for i in [0, count): 0 on this thread, the others on helpers; returns when all are done.
+  template <typename Job>
+  void run(int64_t count, const Job& job) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) {
+      std::vector<std::thread> own;
+      for (int64_t i = 1; i < count; ++i) own.emplace_back([&job, i] { job(i); });
+      job(0);
+      for (auto& thread : own) thread.join();
+      return;
+    }
+    const std::function<void(int64_t)> task = [&job](int64_t i) { job(i); };
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (static_cast<int64_t>(threads_.size()) < count - 1) {
+        const int64_t index = static_cast<int64_t>(threads_.size()) + 1;
+        threads_.emplace_back([this, index] { serve(index); });
+      }
+      task_ = &task;
+      count_ = count;
+      pending_ = count - 1;
+      ++round_;
+    }
+    wake_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void serve(int64_t index) {
+    int64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return round_ != seen; });
+      seen = round_;
+      if (index >= count_) continue;
+      const std::function<void(int64_t)>* task = task_;
+      lock.unlock();
+      (*task)(index);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex busy_;   // held by the call whose jobs the helpers run
+  std::mutex mutex_;  // guards what follows
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int64_t)>* task_ = nullptr;
+  int64_t count_ = 0, pending_ = 0, round_ = 0;
+};
+
 // Runs work(first_row, row_count) over the batch's rows on thread_count(batch) threads (this one
-// included) and waits for them.
+// and helpers) and waits for them.
 template <typename Work>
 void over_rows(int64_t batch, Work work) {
   const int64_t threads = thread_count(batch);
-  std::vector<std::thread> helpers;
-  for (int64_t i = 1; i < threads; ++i) {
-    const int64_t first = batch * i / threads, last = batch * (i + 1) / threads;
-    helpers.emplace_back([=] { work(first, last - first); });
+  if (threads == 1) {
+    work(0, batch);
+    return;
   }
-  work(0, batch / threads);
-  for (auto& helper : helpers) helper.join();
+  Helpers::instance().run(threads, [&](int64_t i) {
+    const int64_t first = batch * i / threads, last = batch * (i + 1) / threads;
+    work(first, last - first);
+  });
 }
 
 // A handler's binding with `count` (at least 1) more float32 buffers as arguments (results):
@@ -197,3 +272,5 @@ auto results(Binding&& binding) {
 }
 
 }  // namespace recurrax_native
+
+#pragma GCC visibility pop
