@@ -9,6 +9,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -168,70 +169,76 @@ inline int64_t thread_count(int64_t batch) {
   return std::max<int64_t>(1, std::min<int64_t>(cpus, batch / 8));
 }
 
-// Threads kept waiting for work, so that a call does not start and end threads of its own
-// (about 40 us each on a 2-core machine, a tenth of a small step). One set of jobs at a time: a
-// call that finds them busy (XLA runs independent operations side by side, two directions of a
-// bidirectional layer say) starts threads of its own, as a call did before. The helpers live as
-// long as the process (they wait on a condition variable, costing nothing while idle).
+// Threads kept waiting for work, so that a call does not start and end threads of its own. A
+// call's shares of work go to whoever claims them first: this thread takes share 0, then any
+// share no helper has claimed yet; a waiting helper needs 50-100 us to wake up on a virtual
+// machine, so a call that is done sooner runs on this thread alone, and a longer one is joined by
+// the helpers as they wake. One call at a time uses the helpers: a call that finds them busy (XLA
+// runs independent operations side by side, two directions of a bidirectional layer say) starts
+// threads of its own. The helpers live as long as the process, waiting on a condition variable.
 class Helpers {
  public:
   static Helpers& instance() {
-    static Helpers* helpers = new Helpers();  // never destroyed: blocked helpers end with the process
+    static Helpers* helpers = new Helpers();  // never destroyed: waiting helpers end with the process
     return *helpers;
   }
 
-  // Runs job(i) for i in [0, count): 0 on this thread, the others on helpers; returns when all are done.
+  // Runs job(i) for each i in [0, count), on this thread and count - 1 helpers; returns when all are done.
   template <typename Job>
   void run(int64_t count, const Job& job) {
+    std::atomic<int64_t> next{1};
+    const std::function<void()> claim = [&] {
+      for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) job(i);
+    };
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) {
       std::vector<std::thread> own;
-      for (int64_t i = 1; i < count; ++i) own.emplace_back([&job, i] { job(i); });
+      for (int64_t i = 1; i < count; ++i) own.emplace_back(claim);
       job(0);
+      claim();
       for (auto& thread : own) thread.join();
       return;
     }
-    const std::function<void(int64_t)> task = [&job](int64_t i) { job(i); };
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      while (static_cast<int64_t>(threads_.size()) < count - 1) {
-        const int64_t index = static_cast<int64_t>(threads_.size()) + 1;
-        threads_.emplace_back([this, index] { serve(index); });
-      }
-      task_ = &task;
-      count_ = count;
-      pending_ = count - 1;
+      while (static_cast<int64_t>(threads_.size()) < count - 1) threads_.emplace_back([this] { serve(); });
+      task_ = &claim;
+      open_ = true;
       ++round_;
     }
     wake_.notify_all();
     job(0);
+    claim();
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    open_ = false;  // a helper that wakes from now on finds nothing to do
+    done_.wait(lock, [this] { return active_ == 0; });
     task_ = nullptr;
   }
 
  private:
-  void serve(int64_t index) {
+  void serve() {
     int64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return round_ != seen; });
       seen = round_;
-      if (index >= count_) continue;
-      const std::function<void(int64_t)>* task = task_;
+      if (!open_) continue;
+      ++active_;
+      const std::function<void()>* task = task_;
       lock.unlock();
-      (*task)(index);
+      (*task)();
       lock.lock();
-      if (--pending_ == 0) done_.notify_one();
+      if (--active_ == 0) done_.notify_one();
     }
   }
 
-  std::mutex busy_;   // held by the call whose jobs the helpers run
+  std::mutex busy_;   // held by the call whose shares the helpers may claim
   std::mutex mutex_;  // guards what follows
   std::condition_variable wake_, done_;
   std::vector<std::thread> threads_;
-  const std::function<void(int64_t)>* task_ = nullptr;
-  int64_t count_ = 0, pending_ = 0, round_ = 0;
+  const std::function<void()>* task_ = nullptr;  // claims shares until none is left
+  bool open_ = false;                            // whether a helper may still join the call
+  int64_t round_ = 0, active_ = 0;               // calls so far; helpers inside the current one
 };
 
 // Runs work(first_row, row_count) over the batch's rows on thread_count(batch) threads (this one
