@@ -70,6 +70,15 @@ def test_kernels_follow_the_equations(batch, hidden):
     hs_only, c_last = jax.jit(native.lstm_inference)(xs, mask, w_t, bias, h0, c0)
     np.testing.assert_allclose(hs_only, want[1], atol=2e-6)
     np.testing.assert_allclose(c_last, want[2][:, -1], atol=2e-6)
+    # The input products computed before the loop (as for a batch that runs on one thread).
+    projections, w_hh_t = (xs @ w_ih.T).astype(np.float32), w_hh.T.copy()
+    forward = jax.jit(native.lstm_forward, static_argnames="projected")
+    _, hs_projected, cs_projected = forward(projections, mask, w_hh_t, bias, h0, c0, projected=True)
+    np.testing.assert_allclose(hs_projected, want[1], atol=2e-6)
+    np.testing.assert_allclose(cs_projected, want[2], atol=2e-6)
+    inference = jax.jit(native.lstm_inference, static_argnames="projected")
+    np.testing.assert_allclose(inference(projections, mask, w_hh_t, bias, h0, c0, projected=True)[0], want[1],
+                               atol=2e-6)
 
     rng = np.random.default_rng(1)
     dys = rng.normal(size=(batch, length, hidden)).astype(np.float32)

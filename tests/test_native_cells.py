@@ -86,8 +86,12 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
 
     if kind == "elman":
         w_t = np.concatenate([w_ih, weights[0]], axis=1).T.copy()
-        got = jax.jit(native.elman_forward, static_argnames="activation")(xs, mask, w_t, bias, h0, activation=act)
+        forward = jax.jit(native.elman_forward, static_argnames=("activation", "projected"))
+        got = forward(xs, mask, w_t, bias, h0, activation=act)
         got, got_extra, inference = (got,), (), None
+        # The input products computed before the loop (as for a batch that runs on one thread).
+        projected = forward(p.astype(np.float32), mask, weights[0].T.copy(), bias, h0, activation=act, projected=True)
+        np.testing.assert_allclose(projected, want, atol=2e-6)
     else:
         wf_t = np.concatenate([w_ih[:hidden], weights[0]], axis=1).T.copy()
         wh_t = np.concatenate([w_ih[hidden:], weights[1]], axis=1).T.copy()
@@ -280,8 +284,9 @@ def test_the_layers_on_native_loops_equal_the_plain_scan(loops, make):
         masked, hm = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=True))(xs, mask)
         chunked, hc = jax.vmap(lambda x: recurrax.scan(cell, x, chunk_size=4))(xs)
         single = recurrax.scan(cell, xs[0])[0]
+        few = jax.vmap(lambda x: recurrax.scan(cell, x)[0])(xs[:5])  # one thread: products before the loop
         return (jnp.sum(jnp.sin(masked)) + jnp.sum(hm ** 2) + jnp.sum(jnp.cos(chunked)) + jnp.sum(hc)
-                + jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs))) + jnp.sum(single))
+                + jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs))) + jnp.sum(single) + jnp.sum(jnp.tanh(few)))
 
     assert_native_equals_plain(loss, cell, xs)
 

@@ -921,9 +921,12 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     length = xs.shape[0]
     native_loops = runs_native(cell, xs, h0, starts, mask)
 
+    if native_loops and batch is None:
+        batch = mapped_batch_size(xs)
+
     def piece(xs, state, starts, mask):
         if native_loops:  # (starts is None)
-            return native_piece(cell, xs, state, mask)
+            return native_piece(cell, xs, state, mask, batch)
         return _fused_piece(rule, cell, xs, state, h_reset, starts, mask, unroll)
 
     if native_loops and _PIECES.value is None:

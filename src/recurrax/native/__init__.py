@@ -214,25 +214,28 @@ def _call(loops: str, target: str, outputs, *args, **attributes):
 # --- LSTM -------------------------------------------------------------------------------------
 
 
-def lstm_forward(xs, mask, w_t, bias, h0, c0):
+def lstm_forward(xs, mask, w_t, bias, h0, c0, projected=False):
     """The LSTM's forward loop over a batch: ``xs`` (B, T, I) the inputs, ``mask`` (B, T) float32
     (1: the step runs; 0: the state stays as it is), ``w_t`` (I + H, 4H) the
     input and recurrent matrices transposed and stacked, ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (4H), ``h0``,
-    ``c0`` (B, H); float32, H a multiple of 16. Returns the gate activations (B, T, 4H) (i, f, g, o
-    after their sigmoid or tanh) and the states h, c after each step (B, T, H each)."""
+    ``c0`` (B, H); float32, H a multiple of 16. With ``projected``, ``xs`` (B, T, 4H) holds the
+    input products ``W_ih x_t`` already and ``w_t`` (H, 4H) is ``W_hhᵀ``. Returns the gate
+    activations (B, T, 4H) (i, f, g, o after their sigmoid or tanh) and the states h, c after each
+    step (B, T, H each)."""
     (batch, length, _), width = xs.shape, w_t.shape[1]
     hidden = width // 4
     outputs = ((batch, length, width), (batch, length, hidden), (batch, length, hidden))
-    return _call("lstm", "recurrax_lstm_forward", outputs, xs, mask, w_t, bias, h0, c0)
+    return _call("lstm", "recurrax_lstm_forward", outputs, xs, mask, w_t, bias, h0, c0,
+                 projected=np.int32(projected))
 
 
-def lstm_inference(xs, mask, w_t, bias, h0, c0):
+def lstm_inference(xs, mask, w_t, bias, h0, c0, projected=False):
     """:func:`lstm_forward` for a call that is not differentiated: the states h after each step
     (B, T, H) and the last cell state (B, H) only (the gates stay in a buffer of each thread's
     rows)."""
     (batch, length, _), hidden = xs.shape, w_t.shape[1] // 4
     return _call("lstm", "recurrax_lstm_inference", ((batch, length, hidden), (batch, hidden)),
-                 xs, mask, w_t, bias, h0, c0)
+                 xs, mask, w_t, bias, h0, c0, projected=np.int32(projected))
 
 
 def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
@@ -287,14 +290,15 @@ def _activation(name: str) -> np.int32:
     return np.int32(ACTIVATIONS.index(name))
 
 
-def elman_forward(xs, mask, w_t, bias, h0, activation="tanh"):
+def elman_forward(xs, mask, w_t, bias, h0, activation="tanh", projected=False):
     """The Elman network's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
     :func:`lstm_forward`, ``w_t`` (I + H, H) = ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (H), ``h0`` (B, H),
-    ``activation`` one of :data:`ACTIVATIONS`; float32, H a multiple of 16. Returns the states
-    after each step (B, T, H)."""
+    ``activation`` one of :data:`ACTIVATIONS`; float32, H a multiple of 16. With ``projected``,
+    ``xs`` (B, T, H) holds the input products ``W_ih x_t`` already and ``w_t`` (H, H) is ``W_hhᵀ``.
+    Returns the states after each step (B, T, H)."""
     (batch, length, _), hidden = xs.shape, w_t.shape[1]
     (hs,) = _call("elman", "recurrax_elman_forward", ((batch, length, hidden),), xs, mask, w_t, bias, h0,
-                  activation=_activation(activation))
+                  activation=_activation(activation), projected=np.int32(projected))
     return hs
 
 

@@ -24,18 +24,21 @@ using namespace recurrax_native;
 
 // Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), w_t (I + H, H) =
 // [W_hx^T; W_hh^T], bias (H), h0 (B, H) -> the states hs (B, T, H), which are all the backward
-// loop needs.
+// loop needs. With `projected`, xs (B, T, H) holds the input products W_hx x_t already and w_t
+// (H, H) is W_hh^T.
 ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t activation,
-                            ffi::ResultBuffer<ffi::F32> hs) {
+                            int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
   const auto dims = xs.dimensions();
   const auto w_dims = w_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
     return ffi::Error::InvalidArgument("elman_forward: xs must be (B, T, I) and w_t (I + H, H)");
   }
-  const int64_t batch = dims[0], length = dims[1], inputs = dims[2], hidden = w_dims[1], joint = inputs + hidden;
-  if (w_dims[0] != joint || hidden % 16 != 0) {
-    return ffi::Error::InvalidArgument("elman_forward: w_t must be (I + H, H) with H a multiple of 16");
+  const int64_t batch = dims[0], length = dims[1], inputs = dims[2], hidden = w_dims[1];
+  const int64_t x_width = projected ? 0 : inputs, joint = x_width + hidden;  // a row of the product
+  if (w_dims[0] != joint || hidden % 16 != 0 || (projected && inputs != hidden)) {
+    return ffi::Error::InvalidArgument(projected ? "elman_forward: projected, xs must be (B, T, H) and w_t (H, H)"
+                                                 : "elman_forward: w_t must be (I + H, H) with H a multiple of 16");
   }
   if (bias.element_count() != static_cast<size_t>(hidden) || h0.element_count() != static_cast<size_t>(batch * hidden)) {
     return ffi::Error::InvalidArgument("elman_forward: bias must be (H) and h0 (B, H)");
@@ -52,20 +55,21 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
   const Panels w(w_t.typed_data(), joint, hidden);
   over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
-    std::vector<float> xh(rows * joint);  // row r: x_t, then h_{t-1}
+    std::vector<float> xh(rows * joint);  // row r: x_t (unless projected), then h_{t-1}
     std::vector<float> z(rows * hidden);
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(xh.data() + r * joint + inputs, h_first + (first + r) * hidden, hidden * sizeof(float));
+      std::memcpy(xh.data() + r * joint + x_width, h_first + (first + r) * hidden, hidden * sizeof(float));
     }
     for (int64_t t = 0; t < length; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = x_in + ((first + r) * length + t) * inputs;
-        std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
+        if (!projected) std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
         if (t + 1 < length) prefetch(x + inputs, inputs);
       }
-      matrix_product(rows, xh.data(), joint, w, nullptr, 0, b, z.data(), hidden);
+      const float* projections = projected ? x_in + (first * length + t) * hidden : nullptr;
+      matrix_product(rows, xh.data(), joint, w, projections, length * hidden, b, z.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
-        float* hr = xh.data() + r * joint + inputs;
+        float* hr = xh.data() + r * joint + x_width;
         if (valid[(first + r) * length + t] != 0.0f) {  // a masked step keeps h
           float* zr = z.data() + r * hidden;
           activate(activation, zr, hidden);
@@ -146,8 +150,9 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_elman_forward, ElmanForwardImpl,
-                              results<1>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    recurrax_elman_forward, ElmanForwardImpl,
+    results<1>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_elman_backward, ElmanBackwardImpl,
                               results<3>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));

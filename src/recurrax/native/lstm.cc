@@ -35,16 +35,18 @@ using namespace recurrax_native;
 // that holds x_t beside h.
 ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
                         ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                        float* gates_out, float* hs_out, float* cs_out, float* c_last_out) {
+                        int32_t projected, float* gates_out, float* hs_out, float* cs_out, float* c_last_out) {
   const auto dims = xs.dimensions();
   const auto w_dims = w_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
     return ffi::Error::InvalidArgument("lstm_forward: xs must be (B, T, I) and w_t (I + H, 4H)");
   }
   const int64_t batch = dims[0], length = dims[1], inputs = dims[2];
-  const int64_t gate_width = w_dims[1], hidden = gate_width / 4, joint = inputs + hidden;
-  if (w_dims[0] != joint || gate_width != 4 * hidden || hidden % 16 != 0) {
-    return ffi::Error::InvalidArgument("lstm_forward: w_t must be (I + H, 4H) with H a multiple of 16");
+  const int64_t gate_width = w_dims[1], hidden = gate_width / 4;
+  const int64_t x_width = projected ? 0 : inputs, joint = x_width + hidden;  // a row of the product
+  if (w_dims[0] != joint || gate_width != 4 * hidden || hidden % 16 != 0 || (projected && inputs != gate_width)) {
+    return ffi::Error::InvalidArgument(projected ? "lstm_forward: projected, xs must be (B, T, 4H) and w_t (H, 4H)"
+                                                 : "lstm_forward: w_t must be (I + H, 4H) with H a multiple of 16");
   }
   if (bias.element_count() != static_cast<size_t>(gate_width)) {
     return ffi::Error::InvalidArgument("lstm_forward: bias must have 4H numbers");
@@ -60,25 +62,26 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   const float* c_first = c0.typed_data();
   over_rows(batch, [=, &w](int64_t first, int64_t rows) {
     if (rows == 0) return;
-    std::vector<float> xh(rows * joint);  // row r: x_t, then h_{t-1}
+    std::vector<float> xh(rows * joint);  // row r: x_t (unless projected), then h_{t-1}
     std::vector<float> c(c_first + first * hidden, c_first + (first + rows) * hidden);
     std::vector<float> scratch(gates_out ? 0 : rows * gate_width);
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(xh.data() + r * joint + inputs, h_first + (first + r) * hidden, hidden * sizeof(float));
+      std::memcpy(xh.data() + r * joint + x_width, h_first + (first + r) * hidden, hidden * sizeof(float));
     }
     const int64_t a_stride = gates_out ? length * gate_width : gate_width;  // between rows of a
     for (int64_t t = 0; t < length; ++t) {
-      for (int64_t r = 0; r < rows; ++r) {
+      const float* projections = projected ? x_in + (first * length + t) * gate_width : nullptr;
+      for (int64_t r = 0; r < rows && !projected; ++r) {
         std::memcpy(xh.data() + r * joint, x_in + ((first + r) * length + t) * inputs, inputs * sizeof(float));
       }
       float* a = gates_out ? gates_out + first * a_stride + t * gate_width : scratch.data();
-      matrix_product(rows, xh.data(), joint, w, nullptr, 0, b, a, a_stride);
+      matrix_product(rows, xh.data(), joint, w, projections, length * gate_width, b, a, a_stride);
       for (int64_t r = 0; r < rows; ++r) {
         float* ar = a + r * a_stride;
         for (int64_t n = 0; n < 2 * hidden; ++n) ar[n] = sigmoid_approx(ar[n]);
         for (int64_t n = 2 * hidden; n < 3 * hidden; ++n) ar[n] = tanh_approx(ar[n]);
         for (int64_t n = 3 * hidden; n < gate_width; ++n) ar[n] = sigmoid_approx(ar[n]);
-        float* hr = xh.data() + r * joint + inputs;
+        float* hr = xh.data() + r * joint + x_width;
         float* cr = c.data() + r * hidden;
         if (valid[(first + r) * length + t] != 0.0f) {  // a masked step keeps h and c
           for (int64_t k = 0; k < hidden; ++k) {
@@ -100,17 +103,18 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
 // Training: -> gates (B, T, 4H), hs and cs (B, T, H).
 ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                           ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> hs,
+                           int32_t projected, ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> hs,
                            ffi::ResultBuffer<ffi::F32> cs) {
-  return forward_loop(xs, mask, w_t, bias, h0, c0, gates->typed_data(), hs->typed_data(), cs->typed_data(),
-                      nullptr);
+  return forward_loop(xs, mask, w_t, bias, h0, c0, projected, gates->typed_data(), hs->typed_data(),
+                      cs->typed_data(), nullptr);
 }
 
 // Inference: -> hs (B, T, H) and the last cell state (B, H).
 ffi::Error LstmInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
                              ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                             ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_last) {
-  return forward_loop(xs, mask, w_t, bias, h0, c0, nullptr, hs->typed_data(), nullptr, c_last->typed_data());
+                             int32_t projected, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> c_last) {
+  return forward_loop(xs, mask, w_t, bias, h0, c0, projected, nullptr, hs->typed_data(), nullptr,
+                      c_last->typed_data());
 }
 
 // One sequence's step of the backward loop, elementwise: the pre-activation gradients dz from the
@@ -208,10 +212,10 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_forward, LstmForwardImpl,
-                              results<3>(arguments<6>(ffi::Ffi::Bind())));
+                              results<3>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_inference, LstmInferenceImpl,
-                              results<2>(arguments<6>(ffi::Ffi::Bind())));
+                              results<2>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_lstm_backward, LstmBackwardImpl,
                               results<4>(arguments<8>(ffi::Ffi::Bind())));
