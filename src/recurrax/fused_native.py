@@ -18,8 +18,8 @@ exact. The forward loop also takes the input products, one product a step ``[x_t
 [W_xᵀ; W_hᵀ]`` per gate block (the GRU: ``x_t W_ihᵀ`` and ``h_{t-1} W_hhᵀ``, since its reset gate
 multiplies the recurrent part alone; LSTM and Elman read theirs from one product over all steps
 where the batch runs on one thread, :func:`_one_thread`); the biases' gradients are summed per
-sequence in the backward loop. A masked step keeps the state (in the loops) and outputs zeros (here). First-order reverse-mode
-derivatives only, as for every fused scan.
+sequence in the backward loop. A masked step keeps the state (in the loops) and outputs zeros
+(here). First-order reverse-mode derivatives only, as for every fused scan.
 """
 
 from __future__ import annotations
