@@ -16,6 +16,14 @@ import pytest
 import recurrax
 import recurrax.fused
 import recurrax.native as native
+from native_checks import assert_native_equals_plain, per_example_gradients
+from native_checks import runs_native as _runs_native
+
+LOOPS = ("lstm",)  # the forward loops these tests look for
+
+
+def runs_native(function, *args) -> bool:
+    return _runs_native(function, *args, loops=LOOPS)
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native loops not built: {native.build_error()}")
 
@@ -110,32 +118,6 @@ def layer_and_inputs(hidden=16, batch=17, length=6, inputs=5):
     return cell, xs
 
 
-def values_and_gradients(loss, *args):
-    """(native, plain) values and gradients of ``loss`` with respect to all of ``args``."""
-    step = jax.value_and_grad(loss, argnums=tuple(range(len(args))))
-    native_result = jax.jit(step)(*args)
-    with recurrax.fused.disabled():
-        plain_result = jax.jit(lambda *a: step(*a))(*args)
-    return native_result, plain_result
-
-
-def assert_close(got, want):
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        scale = max(1.0, float(np.max(np.abs(b))))
-        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
-
-
-def runs_native(function, *args) -> bool:
-    return "recurrax_lstm_forward" in str(jax.make_jaxpr(function)(*args))
-
-
-def assert_native_equals_plain(loss, *args):
-    """``loss`` runs the native loops, and its value and gradients equal the plain scan's."""
-    assert runs_native(loss, *args)
-    native_result, plain_result = values_and_gradients(loss, *args)
-    assert_close(native_result, plain_result)
-
-
 @needs_native
 @pytest.mark.parametrize("reverse", [False, True])
 def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
@@ -148,7 +130,7 @@ def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
         masked, (hm, cm) = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=reverse))(xs, mask)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c) + jnp.sum(jnp.cos(masked)) + jnp.sum(hm * cm)
 
-    assert_native_equals_plain(loss, cell, xs)
+    assert_native_equals_plain(loss, cell, xs, loops=LOOPS)
 
 
 @needs_native
@@ -163,7 +145,7 @@ def test_bidirectional_chunks_one_sequence_and_nested_vmap_equal_the_plain_scan(
         nested = jnp.sum(jax.vmap(jax.vmap(lambda x: recurrax.scan(cell, x)[0]))(xs.reshape(1, *xs.shape)))
         return bi + chunked + single + nested
 
-    assert_native_equals_plain(loss, cell, xs)
+    assert_native_equals_plain(loss, cell, xs, loops=LOOPS)
 
 
 @needs_native
@@ -192,16 +174,7 @@ def test_native_loops_run_one_piece_of_time_unless_the_user_sets_more():
 @needs_native
 def test_per_example_gradients_on_native_loops():
     cell, xs = layer_and_inputs(batch=4)
-
-    def per_example(cell, xs):
-        return jax.vmap(jax.grad(lambda c, x: jnp.sum(recurrax.scan(c, x)[0] ** 2)), in_axes=(None, 0))(cell, xs)
-
-    assert runs_native(per_example, cell, xs)
-    got = jax.jit(per_example)(cell, xs)
-    with recurrax.fused.disabled():
-        want = jax.jit(lambda c, x: per_example(c, x))(cell, xs)
-    assert got.weight_hh.shape == (4, 64, 16)
-    assert_close(got, want)
+    assert per_example_gradients(cell, xs, LOOPS).weight_hh.shape == (4, 64, 16)
 
 
 @needs_native

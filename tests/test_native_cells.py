@@ -18,6 +18,8 @@ import pytest
 import recurrax
 import recurrax.fused
 import recurrax.native as native
+from native_checks import assert_native_equals_plain, per_example_gradients
+from native_checks import runs_native as _runs_native
 
 
 def needs(loops):
@@ -239,25 +241,11 @@ def test_the_linear_kernels_follow_the_equations(batch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
 
 
+LOOPS = ("gru", "elman", "forget_elman", "mgu", "linear")  # the forward loops these tests look for
+
+
 def runs_native(function, *args) -> bool:
-    jaxpr = str(jax.make_jaxpr(function)(*args))
-    return any(f"recurrax_{name}_forward" in jaxpr for name in ("gru", "elman", "forget_elman", "mgu", "linear"))
-
-
-def assert_native_equals_plain(loss, *args):
-    """``loss`` runs native loops, and its value and gradients equal the plain scan's."""
-    assert runs_native(loss, *args)
-    step = jax.value_and_grad(loss, argnums=tuple(range(len(args))))
-    got = jax.jit(step)(*args)
-    with recurrax.fused.disabled():
-        want = jax.jit(lambda *a: step(*a))(*args)
-    assert_close(got, want)
-
-
-def assert_close(got, want):
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
-        scale = max(1.0, float(np.max(np.abs(b))))
-        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+    return _runs_native(function, *args, loops=LOOPS)
 
 
 LAYER_CASES = [
@@ -288,16 +276,8 @@ def test_the_layers_on_native_loops_equal_the_plain_scan(loops, make):
         return (jnp.sum(jnp.sin(masked)) + jnp.sum(hm ** 2) + jnp.sum(jnp.cos(chunked)) + jnp.sum(hc)
                 + jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs))) + jnp.sum(single) + jnp.sum(jnp.tanh(few)))
 
-    assert_native_equals_plain(loss, cell, xs)
-
-    def per_example(cell, xs):
-        return jax.vmap(jax.grad(lambda c, x: jnp.sum(recurrax.scan(c, x)[0] ** 2)), in_axes=(None, 0))(cell, xs)
-
-    assert runs_native(per_example, cell, xs)
-    got = jax.jit(per_example)(cell, xs)
-    with recurrax.fused.disabled():
-        want = jax.jit(lambda c, x: per_example(c, x))(cell, xs)
-    assert_close(got, want)
+    assert_native_equals_plain(loss, cell, xs, loops=LOOPS)
+    per_example_gradients(cell, xs, LOOPS)
 
 
 @needs("forget_gate")
