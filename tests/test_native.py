@@ -166,7 +166,7 @@ def test_native_loops_run_one_piece_of_time_unless_the_user_sets_more():
     assert calls() == 1
     with recurrax.fused.pieces(3):
         assert calls() == 3
-        assert_native_equals_plain(lambda c, x: jnp.sum(jnp.sin(layer(c, x))), cell, xs)
+        assert_native_equals_plain(lambda c, x: jnp.sum(jnp.sin(layer(c, x))), cell, xs, loops=LOOPS)
     with recurrax.fused.pieces(20):  # at most one a step
         assert calls() == 7
 
@@ -208,7 +208,7 @@ def test_an_ensemble_in_rematerialised_chunks_equals_the_plain_scan():
         member = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s, chunk_size=4)[0])(x)  # noqa: E731
         return jnp.sum(jnp.sin(jax.vmap(member)(cells, xs)))
 
-    assert_native_equals_plain(loss, cells, xs)
+    assert_native_equals_plain(loss, cells, xs, loops=LOOPS)
 
 
 @needs_native
