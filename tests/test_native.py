@@ -5,7 +5,7 @@ JAX's autodiff of the same equations (backward), with masked steps, 1 and 2 thre
 counts that need the narrow product block; the layer's values and gradients on the native path
 against the plain scan, batched, masked, reversed, bidirectional, in chunks, per example and
 nested; and the cases the native loops leave to XLA. They run where the native code can be built (Linux, x86-64 with
-AVX-512 and a C++ compiler); elsewhere recurrax.native.build_error() says why they are skipped.
+AVX-512 or AVX2, and a C++ compiler); elsewhere recurrax.native.build_error() says why they are skipped.
 """
 
 import jax
@@ -223,9 +223,12 @@ def test_why_the_native_loops_are_not_built(monkeypatch):
     monkeypatch.setenv("RECURRAX_NATIVE", "0")
     assert native._why_not_buildable() == "RECURRAX_NATIVE=0 is set"
     monkeypatch.setenv("RECURRAX_NATIVE", "1")
-    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2"})
     if native.platform.system() == "Linux" and native.platform.machine() in ("x86_64", "AMD64"):
-        assert "AVX-512" in native._why_not_buildable()
+        monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2"})  # no FMA
+        assert "neither AVX-512 nor AVX2 with FMA" in native._why_not_buildable()
+        monkeypatch.setattr(native, "_compiler", lambda: "/usr/bin/c++")
+        monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
+        assert native._why_not_buildable() is None
 
 
 @needs_native

@@ -6,7 +6,7 @@ and against JAX's autodiff of the same equations (backward), with masked steps, 
 and column counts that need the narrow product block; the layers' values and gradients on the
 native path against the plain scan (batched, masked, reversed, bidirectional, in chunks, per
 example); and the cases left to XLA. They run where the native code can be built (Linux, x86-64
-with AVX-512 and a C++ compiler); elsewhere recurrax.native.build_error(loops) says why they are
+with AVX-512 or AVX2, and a C++ compiler); elsewhere recurrax.native.build_error(loops) says why they are
 skipped.
 """
 

@@ -11,12 +11,13 @@ XLA. Measured on a 2-core CPU: see ``benchmarks/README.md``.
 The loops (:data:`LOOPS`): ``lstm.cc`` (LSTM), ``gru.cc`` (GRU), ``elman.cc`` (Elman network), ``forget_gate.cc``
 (ForgetElman and MGU) and ``linear.cc`` (LinearRecurrence). Each is compiled on its first use into
 a library of its own, with the machine's C++ compiler (``$CXX``, else ``c++``, ``g++`` or
-``clang++``) for the machine's own processor (``-march=native``) against the headers of XLA's FFI
-that ``jaxlib`` ships (a few seconds), and kept in a cache (``$RECURRAX_CACHE_DIR``, else
-``$XDG_CACHE_HOME/recurrax`` or ``~/.cache/recurrax``) under a name made from the source, the
-flags, the compiler, the processor and jaxlib's version, written atomically. Where it cannot be
-built (no compiler, a processor without AVX-512, not Linux on x86-64) or ``RECURRAX_NATIVE=0`` is
-set, :func:`available` is False and the fused scan runs XLA's loops; :func:`build_error` says why.
+``clang++``) for the machine's own processor (``-march=native``, and any flags in
+``$RECURRAX_NATIVE_FLAGS``) against the headers of XLA's FFI that ``jaxlib`` ships (a few
+seconds), and kept in a cache (``$RECURRAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/recurrax`` or
+``~/.cache/recurrax``) under a name made from the source, the flags, the compiler, the processor
+and jaxlib's version, written atomically. The products run in AVX-512's vectors, else in AVX2's
+(``loops.h``). Where it cannot be built (no compiler, a processor with neither AVX-512 nor AVX2
+and FMA, not Linux on x86-64) or ``RECURRAX_NATIVE=0`` is set, :func:`available` is False and the fused scan runs XLA's loops; :func:`build_error` says why.
 
 Within ``with recurrax.native.disabled():`` scans traced there run XLA's loops too (a JAX user
 context, part of ``jax.jit``'s cache key, like :func:`recurrax.fused.disabled`).
@@ -32,6 +33,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,7 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE_DIR = Path(__file__).parent  # <loops>.cc, and loops.h, which each of them includes
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# -fno-trapping-math: the values are the same; GCC may then turn the branches of tanh's clamp into
+# selects and vectorise the loops that call it with AVX2 too (with AVX-512 it did so through masks).
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# More flags for the compiler, after FLAGS (e.g. "-mno-avx512f": the AVX2 loops on a processor with AVX-512).
+FLAGS_VARIABLE = "RECURRAX_NATIVE_FLAGS"
 # The loops, each compiled from <name>.cc into a library of its own on its first use: the cells
 # they run, and their custom calls.
 LOOPS = {
@@ -106,6 +112,11 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _flags() -> list[str]:
+    """The compiler's flags: FLAGS, then those of $RECURRAX_NATIVE_FLAGS."""
+    return [*FLAGS, *shlex.split(os.environ.get(FLAGS_VARIABLE, ""))]
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         found = shutil.which(name) if name else None
@@ -120,8 +131,9 @@ def _why_not_buildable() -> str | None:
         return "RECURRAX_NATIVE=0 is set"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"native loops are written for Linux on x86-64, not {platform.system()} on {platform.machine()}"
-    if "avx512f" not in _cpu_flags():
-        return "this processor has no AVX-512 (the native loops' products are written with it)"
+    cpu = _cpu_flags()
+    if "avx512f" not in cpu and not {"avx2", "fma"} <= cpu:
+        return "this processor has neither AVX-512 nor AVX2 with FMA (the native loops' products are written with them)"
     if _compiler() is None:
         return "no C++ compiler found (set $CXX)"
     return None
@@ -140,12 +152,12 @@ def _build(loops: str) -> Path:
     """The compiled library of ``loops``, built into the cache unless an identical build is there."""
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    flags = _cpu_flags()
+    cpu = _cpu_flags()
     source = _source(loops)
     key = hashlib.sha256()
     jaxlib_version = importlib.metadata.version("jaxlib")  # the FFI headers compiled against
-    for part in (source.read_bytes(), (SOURCE_DIR / "loops.h").read_bytes(), " ".join(FLAGS).encode(), version.encode(),
-                 " ".join(sorted(flags)).encode(), jax.ffi.include_dir().encode(), jaxlib_version.encode()):
+    for part in (source.read_bytes(), (SOURCE_DIR / "loops.h").read_bytes(), " ".join(_flags()).encode(), version.encode(),
+                 " ".join(sorted(cpu)).encode(), jax.ffi.include_dir().encode(), jaxlib_version.encode()):
         key.update(part)
         key.update(b"\0")
     target = _cache_dir() / f"{loops}-{key.hexdigest()[:20]}.so"
@@ -158,7 +170,7 @@ def _build(loops: str) -> Path:
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so.partial", delete=False) as partial:
         partial_path = Path(partial.name)
     try:
-        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(partial_path)]
+        command = [compiler, *_flags(), "-isystem", jax.ffi.include_dir(), str(source), "-o", str(partial_path)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {source.name} failed:\n{result.stderr[-2000:]}")

@@ -1,5 +1,5 @@
 // What the native loops share (recurrax/native/*.cc): float32 tanh and sigmoid, products of a
-// few rows with a matrix packed into panels (AVX-512), and the batch's rows spread over threads.
+// few rows with a matrix packed into panels (AVX-512, else AVX2), and the batch's rows spread over threads.
 // Each loop gives a thread its own rows of the batch (its own sequences) and runs them through
 // every step, so that the steps use every core without the threads meeting once per step.
 
@@ -75,76 +75,112 @@ inline void through_activation(int32_t activation, const float* __restrict y, co
   }
 }
 
-// A K x N matrix (N a multiple of 16) stored as column panels, each K x 32 (the last K x 16 where
-// N is an odd multiple of 16) and contiguous, so that a product reads a panel's rows one after the
-// other instead of 4N bytes apart: panel n0 (a multiple of 32) starts at n0 * K.
+// The processor's vectors: 16 numbers with AVX-512, else 8 with AVX2 and FMA.
+#if defined(__AVX512F__)
+using Vector = __m512;
+constexpr int kLanes = 16;
+inline Vector load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, Vector v) { _mm512_storeu_ps(p, v); }
+inline Vector zeros() { return _mm512_setzero_ps(); }
+inline Vector add(Vector a, Vector b) { return _mm512_add_ps(a, b); }
+inline Vector broadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
+// The most rows a product block takes: their 2 x 8 sums and a panel row in the 32 registers.
+constexpr int kBlockRows = 8;
+#elif defined(__AVX2__) && defined(__FMA__)
+using Vector = __m256;
+constexpr int kLanes = 8;
+inline Vector load(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, Vector v) { _mm256_storeu_ps(p, v); }
+inline Vector zeros() { return _mm256_setzero_ps(); }
+inline Vector add(Vector a, Vector b) { return _mm256_add_ps(a, b); }
+inline Vector broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
+// The most rows a product block takes: their 2 x 6 sums, a panel row and a broadcast in the 16 registers.
+constexpr int kBlockRows = 6;
+#else
+#error "recurrax's native loops need AVX-512, or AVX2 with FMA (-march=native on such a processor)"
+#endif
+
+// A panel's width: two vectors (32 numbers with AVX-512, 16 with AVX2).
+constexpr int64_t kPanelWidth = 2 * kLanes;
+
+// A K x N matrix (N a multiple of 16) stored as column panels, each K x kPanelWidth (the last K x 16
+// where N is not a multiple of kPanelWidth) and contiguous, so that a product reads a panel's rows
+// one after the other instead of 4N bytes apart: panel n0 (a multiple of kPanelWidth) starts at n0 * K.
 struct Panels {
   std::vector<float> data;
   int64_t k_size, n_size;
 
   Panels(const float* w, int64_t k, int64_t n) : data(k * n), k_size(k), n_size(n) {
-    for (int64_t n0 = 0; n0 < n; n0 += 32) {
-      const int64_t width = std::min<int64_t>(32, n - n0);
+    for (int64_t n0 = 0; n0 < n; n0 += kPanelWidth) {
+      const int64_t width = std::min<int64_t>(kPanelWidth, n - n0);
       float* panel = data.data() + n0 * k;
       for (int64_t row = 0; row < k; ++row) std::memcpy(panel + row * width, w + row * n + n0, width * sizeof(float));
     }
   }
 };
 
-// out[r, n0:n0 + 16 C] = add[r, n0:n0 + 16 C] + bias[n0:n0 + 16 C] + a[r, :] @ w[:, n0:n0 + 16 C] for R
-// rows (add and bias may be null: zeros): R x C vectors of 16 sums kept in registers over all of k.
-// panel: w's K x 16 C panel at n0 (Panels). Row r of a, add and out starts at a + r * lda (add + r *
-// ldd, out + r * ldo).
-template <int R, int C>
-void block_product(const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
-                   const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
-  __m512 acc[R][C];
-  for (int j = 0; j < C; ++j) {
-    const __m512 b = bias ? _mm512_loadu_ps(bias + n0 + 16 * j) : _mm512_setzero_ps();
-    for (int r = 0; r < R; ++r) acc[r][j] = add ? _mm512_add_ps(b, _mm512_loadu_ps(add + r * ldd + n0 + 16 * j)) : b;
+// out[r, n0:n0 + V L] = add[r, n0:n0 + V L] + bias[n0:n0 + V L] + a[r, :] @ w[:, n0:n0 + V L] for R
+// rows (add and bias may be null: zeros), L = kLanes: R x V vectors of sums kept in registers over
+// all of k. panel: w's K x V L panel at n0 (Panels). Row r of a, add and out starts at a + r * lda
+// (add + r * ldd, out + r * ldo). Not inlined, so that its loop has the registers to itself, and
+// unrolled, so that GCC keeps the sums in registers (it wrote them to memory at every k with AVX2).
+template <int R, int V>
+[[gnu::noinline]] void block_product(const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
+                                     const float* add_rows, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+  Vector acc[R][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < V; ++j) {
+    const Vector b = bias ? load(bias + n0 + kLanes * j) : zeros();
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][j] = add_rows ? add(b, load(add_rows + r * ldd + n0 + kLanes * j)) : b;
   }
   for (int64_t k = 0; k < k_size; ++k) {
-    __m512 wk[C];
-    for (int j = 0; j < C; ++j) wk[j] = _mm512_loadu_ps(panel + k * 16 * C + 16 * j);
+    Vector wk[V];
+#pragma GCC unroll 16
+    for (int j = 0; j < V; ++j) wk[j] = load(panel + k * V * kLanes + kLanes * j);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
-      for (int j = 0; j < C; ++j) acc[r][j] = _mm512_fmadd_ps(x, wk[j], acc[r][j]);
+      const Vector x = broadcast(a + r * lda + k);
+#pragma GCC unroll 16
+      for (int j = 0; j < V; ++j) acc[r][j] = multiply_add(x, wk[j], acc[r][j]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < C; ++j) _mm512_storeu_ps(out + r * ldo + n0 + 16 * j, acc[r][j]);
+#pragma GCC unroll 16
+    for (int j = 0; j < V; ++j) store(out + r * ldo + n0 + kLanes * j, acc[r][j]);
   }
 }
 
-template <int C>
-void rows_block_product(int64_t rows, const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
-                        const float* add, int64_t ldd, const float* bias, float* out, int64_t ldo) {
-  switch (rows) {
-    case 8: block_product<8, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 7: block_product<7, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 6: block_product<6, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 5: block_product<5, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 4: block_product<4, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 3: block_product<3, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    case 2: block_product<2, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
-    default: block_product<1, C>(a, lda, panel, k_size, n0, add, ldd, bias, out, ldo); break;
+// block_product for `rows` (1 to R) rows.
+template <int R, int V>
+void block_of(int64_t rows, const float* a, int64_t lda, const float* panel, int64_t k_size, int64_t n0,
+              const float* add_rows, int64_t ldd, const float* bias, float* out, int64_t ldo) {
+  if constexpr (R > 1) {
+    if (rows < R) {
+      block_of<R - 1, V>(rows, a, lda, panel, k_size, n0, add_rows, ldd, bias, out, ldo);
+      return;
+    }
   }
+  block_product<R, V>(a, lda, panel, k_size, n0, add_rows, ldd, bias, out, ldo);
 }
 
 // out = add + bias + a @ w for rows x N (add, bias may be null): panel by panel, so that a panel
-// stays in cache while every row goes through it, 8 rows at a time.
+// stays in cache while every row goes through it, kBlockRows rows at a time.
 inline void matrix_product(int64_t rows, const float* a, int64_t lda, const Panels& w, const float* add,
                            int64_t ldd, const float* bias, float* out, int64_t ldo) {
   const int64_t k_size = w.k_size;
-  for (int64_t n0 = 0; n0 < w.n_size; n0 += 32) {
+  for (int64_t n0 = 0; n0 < w.n_size; n0 += kPanelWidth) {
     const float* panel = w.data.data() + n0 * k_size;
-    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-      const int64_t count = std::min<int64_t>(8, rows - r0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+      const int64_t count = std::min<int64_t>(kBlockRows, rows - r0);
       const float* dr = add ? add + r0 * ldd : nullptr;
-      if (n0 + 32 <= w.n_size) {
-        rows_block_product<2>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+      if (n0 + kPanelWidth <= w.n_size) {
+        block_of<kBlockRows, 2>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
       } else {
-        rows_block_product<1>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
+        block_of<kBlockRows, 1>(count, a + r0 * lda, lda, panel, k_size, n0, dr, ldd, bias, out + r0 * ldo, ldo);
       }
     }
   }
