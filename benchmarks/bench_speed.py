@@ -14,8 +14,8 @@ runs the same recurrence over a batch, forward only ("fwd", inference) and forwa
 * ``cudnn`` (LSTM on a GPU only, ``--device gpu``): ``jax.experimental.rnn.lstm``, JAX's binding of
   cuDNN's LSTM, on (B, T, H) inputs with the same weights; gradients with respect to them.
 * ``ours``: ``jax.vmap(recurrax.Recurrent(cell))`` on (B, T, H) inputs, the library's default
-  (on a CPU the sequential scan, fused for every cell but ``LinearRecurrence``, which has no
-  product in its loop and runs the plain loop, as ``unfused`` does),
+  (on a CPU the sequential scan: the fused scan's native loops where they can be built, and
+  ``LinearRecurrence``'s native loop, which has no product in it),
   trained as the trainer does: ``jax.value_and_grad`` of a loss that calls ``jax.vmap(model)``.
 
 Each contender runs in its own worker process (JAX's and torch's thread pools would fight in one),

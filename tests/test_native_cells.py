@@ -175,14 +175,19 @@ def test_the_gru_kernels_follow_the_equations(batch, hidden):
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
     p = xs.astype(np.float64) @ w_ih.T
     want, want_gates = gru_run(np, p, mask, bias, bias_hn, w_hh, h0)
-    forward = jax.jit(native.gru_forward, static_argnames="inference")
+    forward = jax.jit(native.gru_forward, static_argnames=("inference", "projected"))
     loop_inputs = (xs, mask, w_ih.T.copy(), w_hh.T.copy(), bias, bias_hn, h0)
     hs, gates = forward(*loop_inputs)
     (inference,) = forward(*loop_inputs, inference=True)
+    # The input products computed before the loop (as for a batch that runs on one thread).
+    projected_inputs = (p.astype(np.float32),) + loop_inputs[1:]
+    projected_hs, projected_gates = forward(*projected_inputs, projected=True)
+    (projected_inference,) = forward(*projected_inputs, inference=True, projected=True)
     valid = mask[:, :, None] > 0  # a masked step's gates are not used
-    for got in (hs, inference):
+    for got in (hs, inference, projected_hs, projected_inference):
         np.testing.assert_allclose(got, want, atol=2e-6)
-    np.testing.assert_allclose(np.where(valid, gates, 0), np.where(valid, want_gates, 0), atol=2e-6)
+    for got in (gates, projected_gates):
+        np.testing.assert_allclose(np.where(valid, got, 0), np.where(valid, want_gates, 0), atol=2e-6)
 
     dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
 

@@ -266,16 +266,17 @@ def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
 # --- GRU --------------------------------------------------------------------------------------
 
 
-def gru_forward(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False):
+def gru_forward(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False, projected=False):
     """The GRU's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
     :func:`lstm_forward`, ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) the matrices transposed (gates
-    r, z, n), ``bias`` (3H), ``bias_hn`` (H), ``h0`` (B, H); float32, H a multiple of 16. Returns
-    the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and the recurrent
-    n-part W_hn h + b_hn; with ``inference`` the states alone (a tuple of one)."""
+    r, z, n), ``bias`` (3H), ``bias_hn`` (H), ``h0`` (B, H); float32, H a multiple of 16. With
+    ``projected``, ``xs`` (B, T, 3H) holds the input products ``W_ih x_t`` already (``w_ih_t`` is
+    not read). Returns the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and
+    the recurrent n-part W_hn h + b_hn; with ``inference`` the states alone (a tuple of one)."""
     (batch, length, _), hidden = xs.shape, w_hh_t.shape[0]
     outputs = ((batch, length, hidden),) if inference else ((batch, length, hidden), (batch, length, 4 * hidden))
     target = "recurrax_gru_inference" if inference else "recurrax_gru_forward"
-    return _call("gru", target, outputs, xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0)
+    return _call("gru", target, outputs, xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected=np.int32(projected))
 
 
 def gru_backward(hs, gates, dys, mask, dh_last, h0, w_hh):

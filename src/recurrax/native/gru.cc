@@ -28,11 +28,12 @@ namespace {
 using namespace recurrax_native;
 
 // Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), w_ih_t (I, 3H) and
-// w_hh_t (H, 3H) the matrices transposed, bias (3H), bias_hn (H), h0 (B, H). Writes the states hs
+// w_hh_t (H, 3H) the matrices transposed, bias (3H), bias_hn (H), h0 (B, H). With `projected`, xs
+// (B, T, 3H) holds the input products W_ih x_t already (w_ih_t is not read). Writes the states hs
 // (B, T, H) and, where gates_out is not null (training), (r, z, n, g_n) (B, T, 4H).
 ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
                         ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn,
-                        ffi::Buffer<ffi::F32> h0, float* hs_out, float* gates_out) {
+                        ffi::Buffer<ffi::F32> h0, int32_t projected, float* hs_out, float* gates_out) {
   const auto dims = xs.dimensions();
   const auto ih_dims = w_ih_t.dimensions();
   const auto hh_dims = w_hh_t.dimensions();
@@ -40,10 +41,11 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
     return ffi::Error::InvalidArgument("gru_forward: xs must be (B, T, I), w_ih_t (I, 3H) and w_hh_t (H, 3H)");
   }
   const int64_t batch = dims[0], length = dims[1], inputs = dims[2], width = hh_dims[1], hidden = width / 3;
-  if (ih_dims[0] != inputs || ih_dims[1] != width || hh_dims[0] != hidden || width != 3 * hidden ||
-      hidden % 16 != 0) {
-    return ffi::Error::InvalidArgument(
-        "gru_forward: w_ih_t must be (I, 3H) and w_hh_t (H, 3H) with H a multiple of 16");
+  if (ih_dims[1] != width || hh_dims[0] != hidden || width != 3 * hidden || hidden % 16 != 0 ||
+      (projected ? inputs != width : ih_dims[0] != inputs)) {
+    return ffi::Error::InvalidArgument(projected ? "gru_forward: projected, xs must be (B, T, 3H) and w_hh_t (H, 3H)"
+                                                 : "gru_forward: w_ih_t must be (I, 3H) and w_hh_t (H, 3H) with H a "
+                                                   "multiple of 16");
   }
   if (bias.element_count() != static_cast<size_t>(width) || bias_hn.element_count() != static_cast<size_t>(hidden) ||
       h0.element_count() != static_cast<size_t>(batch * hidden)) {
@@ -59,16 +61,20 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   std::vector<float> recurrent_bias(width, 0.0f);  // (0, 0, b_hn)
   std::memcpy(recurrent_bias.data() + 2 * hidden, bias_hn.typed_data(), hidden * sizeof(float));
   const float* b_hh = recurrent_bias.data();
-  const Panels w_ih(w_ih_t.typed_data(), inputs, width);
+  const Panels w_ih(w_ih_t.typed_data(), projected ? 0 : inputs, width);  // empty where not read
   const Panels w_hh(w_hh_t.typed_data(), hidden, width);
   over_rows(batch, [=, &w_ih, &w_hh](int64_t first, int64_t rows) {
     if (rows == 0) return;
-    std::vector<float> x(rows * inputs), h(h_first + first * hidden, h_first + (first + rows) * hidden);
+    std::vector<float> x(projected ? 0 : rows * inputs), h(h_first + first * hidden, h_first + (first + rows) * hidden);
     std::vector<float> p(rows * width), g(rows * width), scratch(gates_out ? 0 : rows * 4 * hidden);
     for (int64_t t = 0; t < length; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const float* xr = x_in + ((first + r) * length + t) * inputs;
-        std::memcpy(x.data() + r * inputs, xr, inputs * sizeof(float));
+        if (projected) {
+          for (int64_t k = 0; k < width; ++k) p[r * width + k] = xr[k] + b[k];
+        } else {
+          std::memcpy(x.data() + r * inputs, xr, inputs * sizeof(float));
+        }
         if (t + 1 < length) {  // the next step's rows
           const int64_t next = (first + r) * length + t + 1;
           prefetch(xr + inputs, inputs);
@@ -76,7 +82,7 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
           if (gates_out) prefetch_for_writing(gates_out + next * 4 * hidden, 4 * hidden);
         }
       }
-      matrix_product(rows, x.data(), inputs, w_ih, nullptr, 0, b, p.data(), width);
+      if (!projected) matrix_product(rows, x.data(), inputs, w_ih, nullptr, 0, b, p.data(), width);
       matrix_product(rows, h.data(), hidden, w_hh, nullptr, 0, b_hh, g.data(), width);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t seq = first + r;
@@ -106,17 +112,17 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
 // Training: -> hs (B, T, H) and (r, z, n, g_n) (B, T, 4H).
 ffi::Error GruForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
                           ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn,
-                          ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> hs,
+                          ffi::Buffer<ffi::F32> h0, int32_t projected, ffi::ResultBuffer<ffi::F32> hs,
                           ffi::ResultBuffer<ffi::F32> gates) {
-  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, hs->typed_data(), gates->typed_data());
+  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(), gates->typed_data());
 }
 
 // Inference: -> hs (B, T, H) only.
 ffi::Error GruInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
                             ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias,
-                            ffi::Buffer<ffi::F32> bias_hn, ffi::Buffer<ffi::F32> h0,
+                            ffi::Buffer<ffi::F32> bias_hn, ffi::Buffer<ffi::F32> h0, int32_t projected,
                             ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, hs->typed_data(), nullptr);
+  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(), nullptr);
 }
 
 // Shapes: hs (B, T, H) and gates (B, T, 4H) from the forward loop, dys (B, T, H), mask (B, T),
@@ -221,10 +227,11 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_forward, GruForwardImpl, results<2>(arguments<7>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_forward, GruForwardImpl,
+                              results<2>(arguments<7>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_inference, GruInferenceImpl,
-                              results<1>(arguments<7>(ffi::Ffi::Bind())));
+                              results<1>(arguments<7>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_backward, GruBackwardImpl,
                               results<6>(arguments<7>(ffi::Ffi::Bind())));
