@@ -97,11 +97,20 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
     else:
         wf_t = np.concatenate([w_ih[:hidden], weights[0]], axis=1).T.copy()
         wh_t = np.concatenate([w_ih[hidden:], weights[1]], axis=1).T.copy()
-        forward = jax.jit(native.forget_gate_forward, static_argnums=0, static_argnames=("activation", "inference"))
+        forward = jax.jit(native.forget_gate_forward, static_argnums=0,
+                          static_argnames=("activation", "inference", "projected"))
         got = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act)
         got_extra = got[1:]
         (inference,) = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act, inference=True)
         np.testing.assert_allclose(inference, want, atol=2e-6)
+        # The input products computed before the loop (as for a batch that runs on one thread).
+        projected_inputs = (p.astype(np.float32), mask, weights[0].T.copy(), weights[1].T.copy(), bias, h0)
+        projected = forward(kind, *projected_inputs, activation=act, projected=True)
+        (projected_inference,) = forward(kind, *projected_inputs, activation=act, inference=True, projected=True)
+        for a in (projected[0], projected_inference):
+            np.testing.assert_allclose(a, want, atol=2e-6)
+        for a, b in zip(projected[1:], want_extra, strict=True):
+            np.testing.assert_allclose(np.where(valid, a, 0), np.where(valid, b, 0), atol=2e-6)
     np.testing.assert_allclose(got[0], want, atol=2e-6)
     assert len(got_extra) == len(want_extra)
     for a, b in zip(got_extra, want_extra):

@@ -16,10 +16,10 @@ values XLA never computes and whose cotangents are the pre-activation gradients 
 writes; see :mod:`recurrax.fused`), so ``jax.vmap``, per-example gradients and ensembles stay
 exact. The forward loop also takes the input products, one product a step ``[x_t, h_{t-1}]
 [W_xᵀ; W_hᵀ]`` per gate block (the GRU: ``x_t W_ihᵀ`` and ``h_{t-1} W_hhᵀ``, since its reset gate
-multiplies the recurrent part alone; LSTM, GRU and Elman read theirs from one product over all
-steps where the batch runs on one thread, :func:`_one_thread`); the biases' gradients are summed per
-sequence in the backward loop. A masked step keeps the state (in the loops) and outputs zeros
-(here). First-order reverse-mode derivatives only, as for every fused scan.
+multiplies the recurrent part alone), except where the batch runs on one thread
+(:func:`_one_thread`): the loops then read them from one product over all steps. The biases'
+gradients are summed per sequence in the backward loop. A masked step keeps the state (in the
+loops) and outputs zeros (here). First-order reverse-mode derivatives only, as for every fused scan.
 """
 
 from __future__ import annotations
@@ -142,9 +142,8 @@ SEQUENCES_PER_THREAD = 8
 
 def _one_thread(batch: int | None) -> bool:
     """Whether the native loops run a batch of ``batch`` sequences on one thread (None: unknown,
-    taken as no). LSTM's, GRU's and Elman's forward loops then read their input products from one
-    product over all steps that XLA computes on every core, rather than taking them in their steps
-    on one.
+    taken as no). The forward loops then read their input products from one product over all
+    steps that XLA computes on every core, rather than taking them in their steps on one.
     Measured at T = 200, H = 128 on a 2-core CPU, same process, native / XLA's fused loops, ms: LSTM
     at B = 4 inference 2.71 / 2.46 and training 6.49 / 6.49 (products in the steps: 4.48 / 2.59 and
     7.23 / 5.84), at B = 2 1.61 / 1.58 and 3.35 / 4.07 (1.80 / 1.46, 3.78 / 3.41); Elman at B = 4
@@ -174,7 +173,7 @@ def native_piece(cell: Cell, xs, h0, mask, batch: int | None = None):
     elif type(cell) is Elman:
         states, final = _elman_piece(cell, xs, h0, steps, batch)
     else:
-        states, final = _forget_gate_piece(cell, xs, h0, steps)
+        states, final = _forget_gate_piece(cell, xs, h0, steps, batch)
     return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
 
 
@@ -296,10 +295,11 @@ def _elman_vjp(backward):
 
 
 @functools.lru_cache(maxsize=None)
-def _forget_gate_calls(kind: str, activation: str):
+def _forget_gate_calls(kind: str, activation: str, projected: bool):
     per_batch = (True, True, False, False, False, True)
-    forward = functools.partial(native.forget_gate_forward, kind, activation=activation)
-    inference = functools.partial(native.forget_gate_forward, kind, activation=activation, inference=True)
+    forward = functools.partial(native.forget_gate_forward, kind, activation=activation, projected=projected)
+    inference = functools.partial(native.forget_gate_forward, kind, activation=activation, inference=True,
+                                  projected=projected)
     residuals = 3 if kind == "mgu" else 2
 
     def backward(*args):
@@ -311,16 +311,20 @@ def _forget_gate_calls(kind: str, activation: str):
             _batched_call(backward, backward_batched))
 
 
-def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, steps):
+def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, steps, batch):
     kind = "mgu" if type(cell) is MGU else "forget_elman"
-    forward, inference, backward = _forget_gate_calls(kind, getattr(cell, "activation", "tanh"))
+    projected = _one_thread(batch)
+    forward, inference, backward = _forget_gate_calls(kind, getattr(cell, "activation", "tanh"), projected)
     frozen = sg(cell)
     h_first = sg(h0)
     hidden = cell.hidden_size
-    w_fx, w_hx = jnp.split(frozen.weight_ih, [hidden])
-    wf_t = jnp.concatenate([w_fx, frozen.weight_fh], axis=1).T  # [W_fxᵀ; W_fhᵀ]
-    wh_t = jnp.concatenate([w_hx, frozen.weight_hh], axis=1).T  # [W_hxᵀ; W_hhᵀ]
-    loop_inputs = (sg(xs), steps, wf_t, wh_t, frozen.bias, h_first)
+    if projected:  # the input products [W_fx x_t, W_hx x_t] in XLA, over every core
+        loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, frozen.weight_fh.T, frozen.weight_hh.T, frozen.bias, h_first)
+    else:
+        w_fx, w_hx = jnp.split(frozen.weight_ih, [hidden])
+        wf_t = jnp.concatenate([w_fx, frozen.weight_fh], axis=1).T  # [W_fxᵀ; W_fhᵀ]
+        wh_t = jnp.concatenate([w_hx, frozen.weight_hh], axis=1).T  # [W_hxᵀ; W_hhᵀ]
+        loop_inputs = (sg(xs), steps, wf_t, wh_t, frozen.bias, h_first)
     residuals = forward(*loop_inputs)
     (hs_inference,) = inference(*loop_inputs)
     hs, gates = residuals[0], residuals[1]

@@ -333,18 +333,21 @@ def _forget_gate_attributes(kind: str, activation: str) -> dict:
     return {} if kind == "mgu" else {"activation": _activation(activation)}
 
 
-def forget_gate_forward(kind: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False):
+def forget_gate_forward(kind: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False,
+                        projected=False):
     """The forward loop of ``kind`` (``"forget_elman"`` or ``"mgu"``) over a batch: ``xs`` (B, T, I),
     ``mask`` (B, T), ``wf_t`` and ``wh_t`` (I + H, H) = ``[W_fxᵀ; W_fhᵀ]`` and ``[W_hxᵀ; W_hhᵀ]``,
     ``bias`` (2H) = ``[b_f; b]``, ``h0`` (B, H), ``activation`` ForgetElman's (the MGU's is tanh).
-    Returns the states after each step (B, T, H), then the forget gates (B, T, H) and for the MGU
-    the candidates (B, T, H); with ``inference`` the states alone (a tuple of one)."""
+    With ``projected``, ``xs`` (B, T, 2H) holds the input products ``[W_fx x_t, W_hx x_t]`` already
+    and ``wf_t``, ``wh_t`` (H, H) are ``W_fhᵀ`` and ``W_hhᵀ``. Returns the states after each step
+    (B, T, H), then the forget gates (B, T, H) and for the MGU the candidates (B, T, H); with
+    ``inference`` the states alone (a tuple of one)."""
     (batch, length, _), hidden = xs.shape, wf_t.shape[1]
     attributes = _forget_gate_attributes(kind, activation)
     count = 1 if inference else (3 if kind == "mgu" else 2)
     target = f"recurrax_{kind}_{'inference' if inference else 'forward'}"
     return _call("forget_gate", target, ((batch, length, hidden),) * count, xs, mask, wf_t, wh_t, bias, h0,
-                 **attributes)
+                 projected=np.int32(projected), **attributes)
 
 
 def forget_gate_backward(kind: str, residuals, dys, mask, dh_last, h0, w_fh, w_hh, activation="tanh"):

@@ -35,22 +35,26 @@ namespace {
 using namespace recurrax_native;
 
 // Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), wf_t and wh_t
-// (I + H, H) = [W_fx^T; W_fh^T] and [W_hx^T; W_hh^T], bias (2H) = [b_f; b], h0 (B, H). Writes the
-// states hs (B, T, H) and, where gates_out is not null (training), the forget gates (B, T, H) and
-// for the MGU (mgu true) the candidates n (B, T, H).
+// (I + H, H) = [W_fx^T; W_fh^T] and [W_hx^T; W_hh^T], bias (2H) = [b_f; b], h0 (B, H). With
+// `projected`, xs (B, T, 2H) holds the input products [W_fx x_t, W_hx x_t] already and wf_t, wh_t
+// (H, H) are W_fh^T and W_hh^T. Writes the states hs (B, T, H) and, where gates_out is not null
+// (training), the forget gates (B, T, H) and for the MGU (mgu true) the candidates n (B, T, H).
 ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
                         ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                        int32_t activation, float* hs_out, float* gates_out, float* candidates_out) {
+                        int32_t activation, int32_t projected, float* hs_out, float* gates_out,
+                        float* candidates_out) {
   const auto dims = xs.dimensions();
   const auto w_dims = wf_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
     return ffi::Error::InvalidArgument("forget_gate_forward: xs must be (B, T, I) and wf_t (I + H, H)");
   }
-  const int64_t batch = dims[0], length = dims[1], inputs = dims[2], hidden = w_dims[1], joint = inputs + hidden;
+  const int64_t batch = dims[0], length = dims[1], inputs = dims[2], hidden = w_dims[1];
+  const int64_t x_width = projected ? 0 : inputs, joint = x_width + hidden;  // a row of the products
   if (w_dims[0] != joint || hidden % 16 != 0 || wh_t.dimensions().size() != 2 || wh_t.dimensions()[0] != joint ||
-      wh_t.dimensions()[1] != hidden) {
-    return ffi::Error::InvalidArgument(
-        "forget_gate_forward: wf_t and wh_t must be (I + H, H) with H a multiple of 16");
+      wh_t.dimensions()[1] != hidden || (projected && inputs != 2 * hidden)) {
+    return ffi::Error::InvalidArgument(projected
+        ? "forget_gate_forward: projected, xs must be (B, T, 2H) and wf_t, wh_t (H, H)"
+        : "forget_gate_forward: wf_t and wh_t must be (I + H, H) with H a multiple of 16");
   }
   if (bias.element_count() != static_cast<size_t>(2 * hidden) ||
       h0.element_count() != static_cast<size_t>(batch * hidden)) {
@@ -68,17 +72,21 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
   const Panels wh(wh_t.typed_data(), joint, hidden);
   over_rows(batch, [=, &wf, &wh](int64_t first, int64_t rows) {
     if (rows == 0) return;
-    std::vector<float> xh(rows * joint);  // row r: x_t, then h_{t-1}
-    std::vector<float> xu(rows * joint);  // row r: x_t, then u_t = f_t * h_{t-1}
+    std::vector<float> xh(rows * joint);  // row r: x_t (unless projected), then h_{t-1}
+    std::vector<float> xu(rows * joint);  // row r: x_t (unless projected), then u_t = f_t * h_{t-1}
     std::vector<float> f(rows * hidden), z(rows * hidden);
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(xh.data() + r * joint + inputs, h_first + (first + r) * hidden, hidden * sizeof(float));
+      std::memcpy(xh.data() + r * joint + x_width, h_first + (first + r) * hidden, hidden * sizeof(float));
     }
     for (int64_t t = 0; t < length; ++t) {
+      // projected: the first row's input products at this step (a row's lie T x 2H numbers after the last's)
+      const float* products = projected ? x_in + (first * length + t) * inputs : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = x_in + ((first + r) * length + t) * inputs;
-        std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
-        std::memcpy(xu.data() + r * joint, x, inputs * sizeof(float));
+        if (!projected) {
+          std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
+          std::memcpy(xu.data() + r * joint, x, inputs * sizeof(float));
+        }
         if (t + 1 < length) {  // the next step's rows
           const int64_t next = ((first + r) * length + t + 1) * hidden;
           prefetch(x + inputs, inputs);
@@ -87,20 +95,21 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
           if (candidates_out) prefetch_for_writing(candidates_out + next, hidden);
         }
       }
-      matrix_product(rows, xh.data(), joint, wf, nullptr, 0, b, f.data(), hidden);
+      matrix_product(rows, xh.data(), joint, wf, products, length * inputs, b, f.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
         float* fr = f.data() + r * hidden;
-        const float* hr = xh.data() + r * joint + inputs;
-        float* ur = xu.data() + r * joint + inputs;
+        const float* hr = xh.data() + r * joint + x_width;
+        float* ur = xu.data() + r * joint + x_width;
         for (int64_t k = 0; k < hidden; ++k) {
           fr[k] = sigmoid_approx(fr[k]);
           ur[k] = fr[k] * hr[k];
         }
       }
-      matrix_product(rows, xu.data(), joint, wh, nullptr, 0, b + hidden, z.data(), hidden);
+      matrix_product(rows, xu.data(), joint, wh, projected ? products + hidden : nullptr, length * inputs,
+                     b + hidden, z.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t at = ((first + r) * length + t) * hidden;
-        float* hr = xh.data() + r * joint + inputs;
+        float* hr = xh.data() + r * joint + x_width;
         float* zr = z.data() + r * hidden;
         const float* fr = f.data() + r * hidden;
         if (mgu) {
@@ -239,18 +248,19 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
 // Training: -> hs (B, T, H) and the forget gates (B, T, H).
 ffi::Error ForgetElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
                                   ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                                  int32_t activation, ffi::ResultBuffer<ffi::F32> hs,
+                                  int32_t activation, int32_t projected, ffi::ResultBuffer<ffi::F32> hs,
                                   ffi::ResultBuffer<ffi::F32> gates) {
-  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, hs->typed_data(), gates->typed_data(),
-                      nullptr);
+  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, projected, hs->typed_data(),
+                      gates->typed_data(), nullptr);
 }
 
 // Inference: -> hs (B, T, H) only.
 ffi::Error ForgetElmanInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask,
                                     ffi::Buffer<ffi::F32> wf_t, ffi::Buffer<ffi::F32> wh_t,
                                     ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t activation,
-                                    ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, hs->typed_data(), nullptr, nullptr);
+                                    int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
+  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, projected, hs->typed_data(), nullptr,
+                      nullptr);
 }
 
 ffi::Error ForgetElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> dys,
@@ -265,17 +275,17 @@ ffi::Error ForgetElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
 // Training: -> hs (B, T, H), the forget gates and the candidates (B, T, H).
 ffi::Error MguForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
                           ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                          ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates,
+                          int32_t projected, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates,
                           ffi::ResultBuffer<ffi::F32> candidates) {
-  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, hs->typed_data(), gates->typed_data(),
+  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(), gates->typed_data(),
                       candidates->typed_data());
 }
 
 // Inference: -> hs (B, T, H) only.
 ffi::Error MguInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
                             ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                            ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, hs->typed_data(), nullptr, nullptr);
+                            int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
+  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(), nullptr, nullptr);
 }
 
 ffi::Error MguBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> candidates,
@@ -289,19 +299,22 @@ ffi::Error MguBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_forward, ForgetElmanForwardImpl,
-                              results<2>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    recurrax_forget_elman_forward, ForgetElmanForwardImpl,
+    results<2>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_inference, ForgetElmanInferenceImpl,
-                              results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    recurrax_forget_elman_inference, ForgetElmanInferenceImpl,
+    results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_backward, ForgetElmanBackwardImpl,
                               results<4>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_forward, MguForwardImpl, results<3>(arguments<6>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_forward, MguForwardImpl,
+                              results<3>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_inference, MguInferenceImpl,
-                              results<1>(arguments<6>(ffi::Ffi::Bind())));
+                              results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_backward, MguBackwardImpl,
                               results<4>(arguments<9>(ffi::Ffi::Bind())));
