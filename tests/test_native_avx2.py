@@ -5,7 +5,7 @@ only, 8-number vectors in blocks of at most six rows (loops.h). This machine's o
 tested by test_native.py and test_native_cells.py; here a second Python process builds the loops
 with ``RECURRAX_NATIVE_FLAGS=-mno-avx512f`` (the AVX2 code on a processor that has AVX-512 too)
 and checks each cell's layer, outputs and gradients, against the plain scan: a batch of five (one
-thread; LSTM and Elman then read their input products from a product over all steps) and of
+thread, the loops then reading their input products from a product over all steps) and of
 sixteen (two threads of eight rows: a block of six and one of two).
 """
 
@@ -19,18 +19,21 @@ import pytest
 import recurrax.native as native
 
 CHECK = """
+from concurrent.futures import ThreadPoolExecutor
 import jax, jax.numpy as jnp
 import recurrax, recurrax.native as native
 from native_checks import assert_close, assert_native_equals_plain, native_and_plain
 
 assert "-mno-avx512f" in native._flags()
-# (cell, its library of loops, its forward loop's name, batch sizes)
-cells = [(recurrax.Elman, "elman", "elman", (5, 16)), (recurrax.LSTM, "lstm", "lstm", (5, 16)),
-         (recurrax.GRU, "gru", "gru", (16,)), (recurrax.MGU, "forget_gate", "mgu", (16,))]
-for cell_class, library, forward_loop, batches in cells:
-    assert native.available(library), native.build_error(library)
+# (cell, its library of loops, its forward loop's name)
+cells = [(recurrax.Elman, "elman", "elman"), (recurrax.LSTM, "lstm", "lstm"), (recurrax.GRU, "gru", "gru"),
+         (recurrax.MGU, "forget_gate", "mgu")]
+libraries = [library for _, library, _ in cells]
+with ThreadPoolExecutor(len(libraries)) as pool:  # compiled side by side
+    assert all(pool.map(native.available, libraries)), [native.build_error(library) for library in libraries]
+for cell_class, library, forward_loop in cells:
     cell = cell_class(24, 32, key=jax.random.key(0))
-    for batch in batches:
+    for batch in (5, 16):
         xs = jax.random.normal(jax.random.key(batch), (batch, 7, 24))
         layer = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s)[0])(x)
         assert_close(*native_and_plain(layer, cell, xs))

@@ -17,7 +17,8 @@ seconds), and kept in a cache (``$RECURRAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/r
 ``~/.cache/recurrax``) under a name made from the source, the flags, the compiler, the processor
 and jaxlib's version, written atomically. The products run in AVX-512's vectors, else in AVX2's
 (``loops.h``). Where it cannot be built (no compiler, a processor with neither AVX-512 nor AVX2
-and FMA, not Linux on x86-64) or ``RECURRAX_NATIVE=0`` is set, :func:`available` is False and the fused scan runs XLA's loops; :func:`build_error` says why.
+and FMA, not Linux on x86-64) or ``RECURRAX_NATIVE=0`` is set, :func:`available` is False and
+the fused scan runs XLA's loops; :func:`build_error` says why.
 
 Within ``with recurrax.native.disabled():`` scans traced there run XLA's loops too (a JAX user
 context, part of ``jax.jit``'s cache key, like :func:`recurrax.fused.disabled`).
@@ -133,7 +134,7 @@ def _why_not_buildable() -> str | None:
         return f"native loops are written for Linux on x86-64, not {platform.system()} on {platform.machine()}"
     cpu = _cpu_flags()
     if "avx512f" not in cpu and not {"avx2", "fma"} <= cpu:
-        return "this processor has neither AVX-512 nor AVX2 with FMA (the native loops' products are written with them)"
+        return "this processor has neither AVX-512 nor AVX2 with FMA (the native loops' products use one of them)"
     if _compiler() is None:
         return "no C++ compiler found (set $CXX)"
     return None
@@ -156,8 +157,9 @@ def _build(loops: str) -> Path:
     source = _source(loops)
     key = hashlib.sha256()
     jaxlib_version = importlib.metadata.version("jaxlib")  # the FFI headers compiled against
-    for part in (source.read_bytes(), (SOURCE_DIR / "loops.h").read_bytes(), " ".join(_flags()).encode(), version.encode(),
-                 " ".join(sorted(cpu)).encode(), jax.ffi.include_dir().encode(), jaxlib_version.encode()):
+    for part in (source.read_bytes(), (SOURCE_DIR / "loops.h").read_bytes(), " ".join(_flags()).encode(),
+                 version.encode(), " ".join(sorted(cpu)).encode(), jax.ffi.include_dir().encode(),
+                 jaxlib_version.encode()):
         key.update(part)
         key.update(b"\0")
     target = _cache_dir() / f"{loops}-{key.hexdigest()[:20]}.so"

@@ -79,7 +79,7 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
       std::memcpy(xh.data() + r * joint + x_width, h_first + (first + r) * hidden, hidden * sizeof(float));
     }
     for (int64_t t = 0; t < length; ++t) {
-      // projected: the first row's input products at this step (a row's lie T x 2H numbers after the last's)
+      // projected: the first row's input products at this step; row r's start r x T x 2H numbers on
       const float* products = projected ? x_in + (first * length + t) * inputs : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = x_in + ((first + r) * length + t) * inputs;

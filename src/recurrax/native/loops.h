@@ -1,5 +1,6 @@
 // What the native loops share (recurrax/native/*.cc): float32 tanh and sigmoid, products of a
-// few rows with a matrix packed into panels (AVX-512, else AVX2), and the batch's rows spread over threads.
+// few rows with a matrix packed into panels (AVX-512, else AVX2), and the batch's rows spread over
+// threads.
 // Each loop gives a thread its own rows of the batch (its own sequences) and runs them through
 // every step, so that the steps use every core without the threads meeting once per step.
 
@@ -85,7 +86,7 @@ inline Vector zeros() { return _mm512_setzero_ps(); }
 inline Vector add(Vector a, Vector b) { return _mm512_add_ps(a, b); }
 inline Vector broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
-// The most rows a product block takes: their 2 x 8 sums and a panel row in the 32 registers.
+// The most rows a product block takes: their 16 sums (2 vectors a row) and a panel row in 32 registers.
 constexpr int kBlockRows = 8;
 #elif defined(__AVX2__) && defined(__FMA__)
 using Vector = __m256;
@@ -96,7 +97,8 @@ inline Vector zeros() { return _mm256_setzero_ps(); }
 inline Vector add(Vector a, Vector b) { return _mm256_add_ps(a, b); }
 inline Vector broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
-// The most rows a product block takes: their 2 x 6 sums, a panel row and a broadcast in the 16 registers.
+// The most rows a product block takes: their 12 sums (2 vectors a row), a panel row and a broadcast in
+// 16 registers.
 constexpr int kBlockRows = 6;
 #else
 #error "recurrax's native loops need AVX-512, or AVX2 with FMA (-march=native on such a processor)"
