@@ -67,16 +67,18 @@ def test_curriculum_stage_gradient_equals_gradient_on_prefixes(bidirectional):
     stages = BPTT("curriculum", stride=3).stages(T)
     assert stages == [3, 6, 8]
     assert BPTT("curriculum", stride=3).stages(T, first_scored=5) == [6, 8]  # shorter prefixes score nothing
+    # Compiled once each (the prefix's shape changes with k, so `direct` compiles once per k).
+    masked_grad = jax.jit(jax.grad(
+        lambda p, scored: batch_loss(p, static, {**batch, "mask": batch["mask"] & scored}, objective="per-step-mse",
+                                     reduce="mean")[0]))
+    direct_grad = jax.jit(jax.grad(lambda p, b: batch_loss(p, static, b, objective="per-step-mse", reduce="mean")[0]))
+    scored_grad = jax.jit(jax.grad(
+        lambda p, scored: batch_loss(p, static, batch, objective="per-step-mse", reduce="mean", scored=scored)[0]))
     for k in [1, 4, T]:
         scored = jnp.arange(T) < k
-        masked = jax.grad(
-            lambda p: batch_loss(p, static, {**batch, "mask": batch["mask"] & scored}, objective="per-step-mse", reduce="mean")[0]
-        )(params)
-        prefix = {name: a[:, :k] for name, a in batch.items()}
-        direct = jax.grad(lambda p: batch_loss(p, static, prefix, objective="per-step-mse", reduce="mean")[0])(params)
-        via_scored = jax.grad(
-            lambda p: batch_loss(p, static, batch, objective="per-step-mse", reduce="mean", scored=scored)[0]
-        )(params)
+        masked = masked_grad(params, scored)
+        direct = direct_grad(params, {name: a[:, :k] for name, a in batch.items()})
+        via_scored = scored_grad(params, scored)
         for a, b, c in zip(*(jax.tree_util.tree_leaves(g) for g in (masked, direct, via_scored))):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
             np.testing.assert_allclose(c, b, rtol=2e-5, atol=1e-7)
@@ -108,12 +110,11 @@ def test_truncated_bptt_carries_state_without_gradient_and_resets_at_episode_sta
 
     # by hand: chunks [0:3], [3:6], [6:7]; each an SGD step from the carried state, no gradient into it
     p, state = params, None
+    chunk_gradient = jax.jit(lambda p, chunk, carried: jax.value_and_grad(batch_loss, has_aux=True)(
+        p, static, chunk, objective="per-step-mse", reduce="sum", carry=carried, reset_to_initial=True))
     for lo, hi in [(0, 3), (3, 6), (6, 7)]:
         chunk = {name: a[:, lo:hi] for name, a in batch.items()}
-        carried = jax.lax.stop_gradient(state)
-        (_, finals), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-            p, static, chunk, objective="per-step-mse", reduce="sum", carry=carried, reset_to_initial=True
-        )
+        (_, finals), grads = chunk_gradient(p, chunk, jax.lax.stop_gradient(state))
         p = jax.tree_util.tree_map(lambda a, g: a - 0.05 * g, p, grads)
         state = finals
     for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(p)):
@@ -148,7 +149,8 @@ def test_truncated_with_last_step_objective_scores_only_the_final_chunk():
     _, state = batch_loss(params, static, {k: (v[:, :4] if k != "targets" else v) for k, v in batch.items()},
                           objective="last-mse", reduce="sum")
     tail = {k: (v[:, 4:] if k != "targets" else v) for k, v in batch.items()}
-    loss, grads = jax.value_and_grad(lambda p: batch_loss(p, static, tail, objective="last-mse", reduce="sum", carry=state)[0])(params)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda p: batch_loss(p, static, tail, objective="last-mse", reduce="sum", carry=state)[0]))(params)
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -219,7 +221,7 @@ def test_truncated_last_step_reads_a_short_padded_sequence_at_its_own_last_step(
                 "targets": batch["targets"][b:b + 1]}
         return batch_loss(p, static, tail, objective="last-mse", reduce="sum", carry=jax.lax.stop_gradient(state))[0]
 
-    grads = jax.grad(lambda p: sum(one_sequence_loss(p, b) for b in range(B)) / B)(params)
+    grads = jax.jit(jax.grad(lambda p: sum(one_sequence_loss(p, b) for b in range(B)) / B))(params)
     want = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
     for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -30,10 +30,11 @@ def reference_dynamic_nll(model, ids, learning_rate, decay, segment):
         logp = jax.nn.log_softmax(logits)
         return -jnp.sum(logp[np.arange(len(y)), y]), s
 
+    scored_gradient = jax.jit(jax.value_and_grad(nll, has_aux=True))  # compiled once per segment length
     for lo in range(0, len(ids) - 1, segment):
         x, y = ids[lo : lo + segment], ids[lo + 1 : lo + segment + 1]
         x = x[: len(y)]
-        (value, new_state), grads = jax.value_and_grad(nll, has_aux=True)(params, state, x, y)
+        (value, new_state), grads = scored_gradient(params, state, x, y)
         total += float(value)
         params = jax.tree_util.tree_map(
             lambda p, g, p0: p - learning_rate * g / len(y) + decay * (p0 - p), params, grads, params0
