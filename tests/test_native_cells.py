@@ -37,23 +37,25 @@ def activation(xp, name, z):
     return z
 
 
-def run(xp, kind, act, p, mask, bias, weights, h0):
+def run(xp, kind, act, p, mask, bias, weights, h0, starts=None, h_reset=None):
     """The cell's loop over a batch, in NumPy (float64) or jnp (to be differentiated): ``p`` the
-    input products without bias (B, T, G), a masked step keeping the state. Returns the states
+    input products without bias (B, T, G), a masked step keeping the state, a step with its start
+    set (``starts`` (B, T)) reading ``h_reset`` (B, H) for the state before it. Returns the states
     (B, T, H) and what the kernel's training forward returns beside them (gates, candidates)."""
     hidden = h0.shape[1]
     sigmoid = lambda z: activation(xp, "sigmoid", z)  # noqa: E731
     h, hs, gates, candidates = h0, [], [], []
     for t in range(p.shape[1]):
         z = p[:, t] + bias
+        before = h if starts is None else xp.where(starts[:, t:t + 1] > 0, h_reset, h)
         if kind == "elman":
             (w_hh,) = weights
-            new = activation(xp, act, z + h @ w_hh.T)
+            new = activation(xp, act, z + before @ w_hh.T)
         else:
             w_fh, w_hh = weights
-            f = sigmoid(z[:, :hidden] + h @ w_fh.T)
-            n = activation(xp, "tanh" if kind == "mgu" else act, z[:, hidden:] + (f * h) @ w_hh.T)
-            new = (1.0 - f) * h + f * n if kind == "mgu" else n
+            f = sigmoid(z[:, :hidden] + before @ w_fh.T)
+            n = activation(xp, "tanh" if kind == "mgu" else act, z[:, hidden:] + (f * before) @ w_hh.T)
+            new = (1.0 - f) * before + f * n if kind == "mgu" else n
             gates.append(f)
             candidates.append(n)
         h = xp.where(mask[:, t:t + 1] > 0, new, h)
@@ -83,16 +85,21 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
     weights = tuple(normal(hidden, hidden) / np.sqrt(hidden) for _ in range(blocks))
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
     p = xs.astype(np.float64) @ w_ih.T
-    want, want_extra = run(np, kind, act, p, mask, bias, weights, h0)
+    resets = {}  # episode starts, for the loops that take them (on masked steps too, which ignore them)
+    if kind == "elman":
+        resets = dict(starts=(rng.random((batch, length)) < 0.3).astype(np.float32), h_reset=normal(batch, hidden))
+    want, want_extra = run(np, kind, act, p, mask, bias, weights, h0, **resets)
     valid = mask[:, :, None] > 0  # a masked step's gates are not used
 
     if kind == "elman":
         w_t = np.concatenate([w_ih, weights[0]], axis=1).T.copy()
         forward = jax.jit(native.elman_forward, static_argnames=("activation", "projected"))
-        got = forward(xs, mask, w_t, bias, h0, activation=act)
+        starts, h_reset = resets["starts"], resets["h_reset"]
+        got = forward(xs, mask, starts, h_reset, w_t, bias, h0, activation=act)
         got, got_extra, inference = (got,), (), None
         # The input products computed before the loop (as for a batch that runs on one thread).
-        projected = forward(p.astype(np.float32), mask, weights[0].T.copy(), bias, h0, activation=act, projected=True)
+        projected = forward(p.astype(np.float32), mask, starts, h_reset, weights[0].T.copy(), bias, h0,
+                            activation=act, projected=True)
         np.testing.assert_allclose(projected, want, atol=2e-6)
     else:
         wf_t = np.concatenate([w_ih[:hidden], weights[0]], axis=1).T.copy()
@@ -118,14 +125,16 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
 
     dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
 
-    def loss(p, bias, h0):  # the same equations in jnp, differentiated by JAX
-        hs, _ = run(jnp, kind, act, p, mask, bias, weights, h0)
+    def loss(p, bias, h0, h_reset):  # the same equations in jnp, differentiated by JAX
+        hs, _ = run(jnp, kind, act, p, mask, bias, weights, h0, resets.get("starts"), h_reset)
         return jnp.sum(hs * dys) + jnp.sum(hs[:, -1] * dh_last)
 
-    dp, dh0 = jax.grad(loss, argnums=(0, 2))(p.astype(np.float32), jnp.asarray(bias), h0)
+    dp, dh0, d_reset = jax.grad(loss, argnums=(0, 2, 3))(p.astype(np.float32), jnp.asarray(bias), h0,
+                                                         resets.get("h_reset", h0))
     if kind == "elman":
-        dz, got_dh0, db = jax.jit(native.elman_backward, static_argnames="activation")(
-            got[0], dys, mask, dh_last, weights[0], activation=act)
+        dz, got_dh0, db, got_d_reset = jax.jit(native.elman_backward, static_argnames="activation")(
+            got[0], dys, mask, starts, dh_last, weights[0], activation=act)
+        np.testing.assert_allclose(got_d_reset, d_reset, atol=5e-6)
     else:
         dzf, dzh, got_dh0, db = jax.jit(native.forget_gate_backward, static_argnums=0, static_argnames="activation")(
             kind, tuple(got), dys, mask, dh_last, h0, *weights, activation=act)
@@ -147,9 +156,11 @@ def test_calls_running_at_once_each_get_their_own_answer():
     mask = (rng.random((batch, length)) > 0.2).astype(np.float32)
     w_t = np.concatenate([w_ih, w_hh], axis=1).T.copy()
     forward = jax.jit(native.elman_forward)
+    starts = np.zeros((batch, length), np.float32)
     cases = [(normal(batch, length, inputs), normal(batch, hidden)) for _ in range(6)]
     with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
-        answers = list(pool.map(lambda case: np.asarray(forward(case[0], mask, w_t, bias, case[1])), cases * 4))
+        answers = list(pool.map(lambda case: np.asarray(forward(case[0], mask, starts, case[1], w_t, bias, case[1])),
+                                cases * 4))
     for (xs, h0), got in zip(cases * 4, answers):
         want, _ = run(np, "elman", "tanh", xs.astype(np.float64) @ w_ih.T, mask, bias, (w_hh,), h0)
         np.testing.assert_allclose(got, want, atol=2e-6)
@@ -232,26 +243,30 @@ def test_the_linear_kernels_follow_the_equations(batch):
     gamma = rng.uniform(0.5, 1.0, hidden).astype(np.float32)
     bias = rng.normal(size=hidden).astype(np.float32)
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
+    starts = (rng.random((batch, length)) < 0.3).astype(np.float32)  # on masked steps too, which ignore them
+    h_reset = rng.normal(size=(batch, hidden)).astype(np.float32)
 
-    def reference(xp, ps, gamma, bias, h0):  # gamma and bias per sequence (B, H)
+    def reference(xp, ps, gamma, bias, h0, h_reset):  # gamma and bias per sequence (B, H)
         h, hs = h0, []
         for t in range(length):
-            h = xp.where(mask[:, t:t + 1] > 0, gamma * h + (ps[:, t] + bias), h)
+            before = xp.where(starts[:, t:t + 1] > 0, h_reset, h)
+            h = xp.where(mask[:, t:t + 1] > 0, gamma * before + (ps[:, t] + bias), h)
             hs.append(h)
         return xp.stack(hs, 1)
 
-    hs = jax.jit(native.linear_forward)(ps, mask, gamma, bias, h0)
-    np.testing.assert_allclose(hs, reference(np, xs.astype(np.float64) @ w.T, gamma, bias, h0), atol=5e-6)
+    hs = jax.jit(native.linear_forward)(ps, mask, starts, h_reset, gamma, bias, h0)
+    np.testing.assert_allclose(hs, reference(np, xs.astype(np.float64) @ w.T, gamma, bias, h0, h_reset), atol=5e-6)
     dys, dh_last = rng.normal(size=ps.shape).astype(np.float32), rng.normal(size=h0.shape).astype(np.float32)
 
-    def loss(ps, gamma, bias, h0):
-        out = reference(jnp, ps, gamma, bias, h0)
+    def loss(ps, gamma, bias, h0, h_reset):
+        out = reference(jnp, ps, gamma, bias, h0, h_reset)
         return jnp.sum(out * dys) + jnp.sum(out[:, -1] * dh_last)
 
     per_sequence = lambda a: jnp.broadcast_to(a, h0.shape)  # noqa: E731
-    dp, dgamma, db, dh0 = jax.grad(loss, argnums=(0, 1, 2, 3))(ps, per_sequence(gamma), per_sequence(bias), h0)
-    got = jax.jit(native.linear_backward)(hs, dys, mask, gamma, h0, dh_last)
-    for a, b in zip(got, (dp, dh0, dgamma, db), strict=True):
+    dp, dgamma, db, dh0, d_reset = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(ps, per_sequence(gamma),
+                                                                           per_sequence(bias), h0, h_reset)
+    got = jax.jit(native.linear_backward)(hs, dys, mask, starts, h_reset, gamma, h0, dh_last)
+    for a, b in zip(got, (dp, dh0, dgamma, db, d_reset), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
 
 
@@ -273,21 +288,27 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("loops,make", LAYER_CASES)
 def test_the_layers_on_native_loops_equal_the_plain_scan(loops, make):
-    """Masked and reversed, bidirectional, in chunks, one sequence, and per-example gradients."""
+    """Masked and reversed, with episode starts, bidirectional, in chunks, one sequence, and
+    per-example gradients."""
     if not native.available(loops):
         pytest.skip(f"native {loops} loops not built: {native.build_error(loops)}")
     cell = make(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (17, 9, 5))
     mask = jax.random.bernoulli(jax.random.key(3), 0.7, xs.shape[:2]).at[:, -1].set(False)
+    starts = jax.random.bernoulli(jax.random.key(4), 0.25, xs.shape[:2])
     h0 = 0.3 * jnp.ones(cell.hidden_size)
     bidirectional = recurrax.Bidirectional(recurrax.Recurrent(cell), recurrax.Recurrent(cell))
 
     def loss(cell, xs):
         masked, hm = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=True))(xs, mask)
+        h_reset = jnp.tanh(cell.bias[:cell.hidden_size])  # its gradient reaches the bias
+        packed, hp = jax.vmap(lambda x, s, m: recurrax.scan(cell, x, h0, starts=s, mask=m, reset_state=h_reset))(
+            xs, starts, mask)
         chunked, hc = jax.vmap(lambda x: recurrax.scan(cell, x, chunk_size=4))(xs)
         single = recurrax.scan(cell, xs[0])[0]
         few = jax.vmap(lambda x: recurrax.scan(cell, x)[0])(xs[:5])  # one thread: products before the loop
         return (jnp.sum(jnp.sin(masked)) + jnp.sum(hm ** 2) + jnp.sum(jnp.cos(chunked)) + jnp.sum(hc)
+                + jnp.sum(jnp.sin(packed)) + jnp.sum(hp ** 2)
                 + jnp.sum(jnp.cos(jax.vmap(bidirectional)(xs))) + jnp.sum(single) + jnp.sum(jnp.tanh(few)))
 
     assert_native_equals_plain(loss, cell, xs, loops=LOOPS)
@@ -318,8 +339,10 @@ def test_what_the_native_loops_leave_to_xla():
         assert not runs_native(layer, linear, xs)
     assert not runs_native(lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x, fused=False)[0])(x), linear, xs)
     assert not runs_native(lambda c, x: jax.vmap(lambda x: recurrax.scan(c, x, mode="associative")[0])(x), linear, xs)
-    assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s),
-                           linear, xs, flags)
+    episodes = lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s)  # noqa: E731
+    assert runs_native(episodes, linear, xs, flags)
+    assert runs_native(episodes, recurrax.Elman(5, 16, key=jax.random.key(0)), xs, flags)
+    assert not runs_native(episodes, recurrax.GRU(5, 16, key=jax.random.key(0)), xs, flags)  # its loops: no resets
     ensemble = jax.vmap(lambda k: recurrax.LinearRecurrence(5, 16, key=k))(jax.random.split(jax.random.key(2), 2))
     assert not runs_native(lambda c, x: jax.vmap(layer, in_axes=(0, None))(c, x), ensemble, xs)
     assert not runs_native(layer, recurrax.Elman(5, 12, key=jax.random.key(0)), xs)  # 12: not a multiple of 16
@@ -330,8 +353,8 @@ def test_what_the_native_loops_leave_to_xla():
 
 def test_an_unknown_activation_or_loops_name_is_refused():
     with pytest.raises(ValueError, match="no activation 'gelu'"):
-        native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)), jnp.zeros(16),
-                             jnp.zeros((1, 16)), activation="gelu")
+        native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((1, 2)), jnp.zeros((1, 16)),
+                             jnp.zeros((19, 16)), jnp.zeros(16), jnp.zeros((1, 16)), activation="gelu")
     with pytest.raises(ValueError, match="run 'forget_elman' or 'mgu', not 'gru'"):
         native.forget_gate_forward("gru", jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)),
                                    jnp.zeros((19, 16)), jnp.zeros(32), jnp.zeros((1, 16)))

@@ -32,7 +32,8 @@ What differs from differentiating the plain loop:
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
 * **Native loops.** On a CPU an LSTM, GRU, Elman network, ForgetElman or MGU in float32 (hidden
-  size a multiple of 16, no ``starts``) runs both loops as native code (:mod:`recurrax.fused_native`,
+  size a multiple of 16; with ``starts`` where its loops take them,
+  :data:`~recurrax.fused_native.LOOPS_WITH_RESETS`) runs both loops as native code (:mod:`recurrax.fused_native`,
   :mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
   batch through every step, so the steps use every core, which XLA's loops cannot
   (:func:`runs_native`). The weight-gradient products stay in XLA, as below.
@@ -925,8 +926,8 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
         batch = mapped_batch_size(xs)
 
     def piece(xs, state, starts, mask):
-        if native_loops:  # (starts is None)
-            return native_piece(cell, xs, state, mask, batch)
+        if native_loops:
+            return native_piece(cell, xs, state, h_reset, starts, mask, batch)
         return _fused_piece(rule, cell, xs, state, h_reset, starts, mask, unroll)
 
     if native_loops and _PIECES.value is None:

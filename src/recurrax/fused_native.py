@@ -6,8 +6,9 @@ own sequences and run them through every step. :func:`recurrax.fused.fused_scan`
 a sequence to :func:`native_piece` where :func:`runs_native` says so: an
 :class:`~recurrax.LSTM`, :class:`~recurrax.GRU`, :class:`~recurrax.Elman`,
 :class:`~recurrax.ForgetElman` or :class:`~recurrax.MGU` (not subclasses) in float32 with a hidden
-size that is a multiple of 16, on a CPU, without ``starts``, its weights shared by the batch,
-where the native code is built and not switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
+size that is a multiple of 16, on a CPU, without ``starts`` unless its loops take them
+(:data:`LOOPS_WITH_RESETS`), its weights shared by the batch, where the native code is built and
+not switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
 through :func:`linear_scan` where :func:`runs_native_linear` says so.
 
 What stays in XLA, as on the rest of the fused path: the input projections' gradients and the
@@ -42,6 +43,9 @@ from .cells.mgu import MGU
 sg = jax.lax.stop_gradient
 
 NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
+# The native loops that take episode starts (``starts``: the state reset to ``h_reset`` before a
+# step); the others' cells run XLA's fused loops where a sequence has starts.
+LOOPS_WITH_RESETS = frozenset({"elman", "linear"})
 
 
 def _native_allowed(loops: str, arrays) -> bool:
@@ -67,12 +71,13 @@ def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
     """Whether the fused scan of ``cell`` over ``xs`` runs native loops instead of XLA's: one of
     :data:`NATIVE_LOOPS`' cells (not a subclass; an Elman network's activation one of
     :data:`recurrax.native.ACTIVATIONS`) in float32 with a hidden size that is a multiple of 16, on a
-    CPU, without ``starts``, its weights shared by the batch (not an ensemble under
+    CPU, without ``starts`` unless its loops take them (:data:`LOOPS_WITH_RESETS`), its weights
+    shared by the batch (not an ensemble under
     ``jax.vmap``), where the native code is built (:func:`recurrax.native.available`) and not
     switched off (:func:`recurrax.native.disabled`)."""
     del mask
     loops = NATIVE_LOOPS.get(type(cell))
-    if loops is None or starts is not None or cell.hidden_size % 16 != 0:
+    if loops is None or (starts is not None and loops not in LOOPS_WITH_RESETS) or cell.hidden_size % 16 != 0:
         return False
     if getattr(cell, "activation", "tanh") not in native.ACTIVATIONS:
         return False
@@ -156,22 +161,30 @@ def _steps(mask, length: int):
     return jnp.ones((length,), jnp.float32) if mask is None else mask.astype(jnp.float32)
 
 
-def _previous(h_first, hs):
-    """The states before each step: (h0, h_0, ..., h_{T-2})."""
-    return jnp.concatenate([h_first[None], hs[:-1]])
+def _starts(starts, length: int):
+    """The loops' episode starts, float32 (1: the step reads the reset state)."""
+    return jnp.zeros((length,), jnp.float32) if starts is None else starts.astype(jnp.float32)
 
 
-def native_piece(cell: Cell, xs, h0, mask, batch: int | None = None):
+def _previous(h_first, hs, starts=None, h_reset=None):
+    """The states before each step: (h0, h_0, ..., h_{T-2}), ``h_reset`` at the ``starts``."""
+    previous = jnp.concatenate([h_first[None], hs[:-1]])
+    return previous if starts is None else jnp.where(starts[:, None], h_reset, previous)
+
+
+def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = None):
     """``(ys, final_state)`` of ``cell`` over ``xs`` (T, input_size) on its native loops
-    (:func:`runs_native` must hold); masked steps output zeros. ``batch``: the number of sequences
-    ``jax.vmap`` maps the call over, where known (:func:`_one_thread`)."""
+    (:func:`runs_native` must hold: ``starts`` None unless the cell's loops are among
+    :data:`LOOPS_WITH_RESETS`); a start resets the state to ``h_reset`` before its step, masked
+    steps output zeros. ``batch``: the number of sequences ``jax.vmap`` maps the call over, where
+    known (:func:`_one_thread`)."""
     steps = _steps(mask, xs.shape[0])
     if type(cell) is LSTM:
         states, final = _lstm_piece(cell, xs, h0, steps, batch)
     elif type(cell) is GRU:
         states, final = _gru_piece(cell, xs, h0, steps, batch)
     elif type(cell) is Elman:
-        states, final = _elman_piece(cell, xs, h0, steps, batch)
+        states, final = _elman_piece(cell, xs, h0, h_reset, starts, steps, batch)
     else:
         states, final = _forget_gate_piece(cell, xs, h0, steps, batch)
     return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
@@ -259,34 +272,36 @@ def _gru_vjp(saved, cts):
 def _elman_calls(activation: str, projected: bool):
     forward = functools.partial(native.elman_forward, activation=activation, projected=projected)
     backward = functools.partial(native.elman_backward, activation=activation)
-    return (_batched_call(_as_tuple(forward), (True, True, False, False, True)),
-            _batched_call(backward, (True, True, True, True, False)))
+    return (_batched_call(_as_tuple(forward), (True, True, True, True, False, False, True)),
+            _batched_call(backward, (True, True, True, True, True, False)))
 
 
-def _elman_piece(cell: Elman, xs, h0, steps, batch):
+def _elman_piece(cell: Elman, xs, h0, h_reset, starts, steps, batch):
     projected = _one_thread(batch)
     forward, backward = _elman_calls(cell.activation, projected)
     frozen = sg(cell)
     h_first = sg(h0)
+    begins = _starts(starts, xs.shape[0])
     if projected:  # the input products in XLA, over every core
-        (hs,) = forward(sg(xs) @ frozen.weight_ih.T, steps, frozen.weight_hh.T, frozen.bias, h_first)
+        (hs,) = forward(sg(xs) @ frozen.weight_ih.T, steps, begins, sg(h_reset), frozen.weight_hh.T, frozen.bias,
+                        h_first)
     else:
         w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
-        (hs,) = forward(sg(xs), steps, w_t, frozen.bias, h_first)
+        (hs,) = forward(sg(xs), steps, begins, sg(h_reset), w_t, frozen.bias, h_first)
     projections = xs @ cell.weight_ih.T  # carriers: their values are never used
-    carriers = (_previous(h_first, hs) @ cell.weight_hh.T,)
+    carriers = (_previous(h_first, hs, starts, sg(h_reset)) @ cell.weight_hh.T,)
     out = (hs, hs[-1])
-    return _attach(_elman_vjp(backward), (projections, cell.bias, carriers, h0), (hs, steps, frozen.weight_hh),
-                   out, out)
+    return _attach(_elman_vjp(backward), (projections, cell.bias, carriers, h0, h_reset),
+                   (hs, steps, begins, frozen.weight_hh), out, out)
 
 
 @functools.lru_cache(maxsize=None)
 def _elman_vjp(backward):
     def vjp(saved, cts):
-        hs, steps, w_hh = saved
+        hs, steps, begins, w_hh = saved
         dys, dh_last = cts
-        dz, dh0, db = backward(hs, dys, steps, dh_last, w_hh)
-        return dz, db, (dz,), dh0
+        dz, dh0, db, d_reset = backward(hs, dys, steps, begins, dh_last, w_hh)
+        return dz, db, (dz,), dh0, d_reset
 
     return vjp
 
@@ -351,41 +366,42 @@ def _forget_gate_vjp(backward):
 
 # --- LinearRecurrence ---------------------------------------------------------------------------
 
-_linear_forward = _batched_call(_as_tuple(native.linear_forward), (True, True, False, False, True))
-_linear_backward = _batched_call(native.linear_backward, (True, True, True, False, True, True))
+_linear_forward = _batched_call(_as_tuple(native.linear_forward), (True, True, True, True, False, False, True))
+_linear_backward = _batched_call(native.linear_backward, (True, True, True, True, True, False, True, True))
 
 
-def runs_native_linear(cell: Cell, xs, h0, starts) -> bool:
+def runs_native_linear(cell: Cell, xs, h0) -> bool:
     """Whether :func:`recurrax.scan` runs ``cell`` over ``xs`` in sequential mode on the native
     loop (:func:`linear_scan`): a :class:`~recurrax.LinearRecurrence` (not a subclass) in float32,
-    on a CPU, without ``starts``, its weights shared by the batch, where the native code is built
-    and not switched off."""
-    if type(cell) is not LinearRecurrence or starts is not None:
+    on a CPU, its weights shared by the batch, where the native code is built and not switched off."""
+    if type(cell) is not LinearRecurrence:
         return False
     weights = _parameters(cell)
     return _shared(weights) and _native_allowed("linear", [xs, *weights, *jax.tree_util.tree_leaves(h0)])
 
 
-def linear_scan(cell: LinearRecurrence, xs, h0, mask):
+def linear_scan(cell: LinearRecurrence, xs, h0, h_reset, starts, mask):
     """``(ys, final_state)`` of a linear recurrence over ``xs`` (T, input_size) on the native loop
     (:func:`runs_native_linear` must hold): XLA computes the input products ``xs Wᵀ`` (one product
-    over all steps), the loop adds the bias and sums its gradient per sequence; masked steps keep
-    the state and output zeros. The products' and γ's gradients flow on through XLA's autodiff.
-    (Measured on a 2-core CPU, the products taken inside the loop, as the other cells' loops do,
-    trained no faster and ran forward 1.1-1.4x slower.)"""
+    over all steps), the loop adds the bias and sums its gradient per sequence; a start resets the
+    state to ``h_reset`` before its step, masked steps keep the state and output zeros. The
+    products' and γ's gradients flow on through XLA's autodiff. (Measured on a 2-core CPU, the
+    products taken inside the loop, as the other cells' loops do, trained no faster and ran
+    forward 1.1-1.4x slower.)"""
     steps = _steps(mask, xs.shape[0])
+    begins = _starts(starts, xs.shape[0])
     products = xs @ cell.weight.T
     gamma = cell.decay
     h_first = sg(h0)
-    (hs,) = _linear_forward(sg(products), steps, sg(gamma), sg(cell.bias), h_first)
+    (hs,) = _linear_forward(sg(products), steps, begins, sg(h_reset), sg(gamma), sg(cell.bias), h_first)
     out = (hs, hs[-1])
-    states, final = _attach(_linear_vjp, (products, gamma, cell.bias, h0), (hs, steps, sg(gamma), h_first), out,
-                            out)
+    states, final = _attach(_linear_vjp, (products, gamma, cell.bias, h0, h_reset),
+                            (hs, steps, begins, sg(h_reset), sg(gamma), h_first), out, out)
     return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
 
 
 def _linear_vjp(saved, cts):
-    hs, steps, gamma, h_first = saved
+    hs, steps, begins, h_reset, gamma, h_first = saved
     dys, dh_last = cts
-    dp, dh0, dgamma, db = _linear_backward(hs, dys, steps, gamma, h_first, dh_last)
-    return dp, dgamma, db, dh0
+    dp, dh0, dgamma, db, d_reset = _linear_backward(hs, dys, steps, begins, h_reset, gamma, h_first, dh_last)
+    return dp, dgamma, db, dh0, d_reset

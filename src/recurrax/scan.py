@@ -171,13 +171,13 @@ def scan(
     # The batch that vmap maps this call over, read here: inside the chunks' loop it cannot be.
     batch = mapped_batch_size(xs) if use_fused else None
     native_linear = (mode == "sequential" and fused is None and _fused.enabled()
-                     and _fused_native.runs_native_linear(cell, xs, h0, starts))
+                     and _fused_native.runs_native_linear(cell, xs, h0))
 
     def run_chunk(x, s, m, h):
         if use_fused:  # projects the inputs itself
             return _fused.fused_scan(cell, x, h, h_reset, s, m, unroll, batch)
-        if native_linear:  # (s is None) projects the inputs itself
-            return _fused_native.linear_scan(cell, x, h, m)
+        if native_linear:  # projects the inputs itself
+            return _fused_native.linear_scan(cell, x, h, h_reset, s, m)
         ps = jax.vmap(cell.project)(x)
         if mode == "sequential":
             return _sequential(cell, ps, h, h_reset, s, m, unroll)

@@ -305,26 +305,28 @@ def _activation(name: str) -> np.int32:
     return np.int32(ACTIVATIONS.index(name))
 
 
-def elman_forward(xs, mask, w_t, bias, h0, activation="tanh", projected=False):
+def elman_forward(xs, mask, starts, h_reset, w_t, bias, h0, activation="tanh", projected=False):
     """The Elman network's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
-    :func:`lstm_forward`, ``w_t`` (I + H, H) = ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (H), ``h0`` (B, H),
-    ``activation`` one of :data:`ACTIVATIONS`; float32, H a multiple of 16. With ``projected``,
-    ``xs`` (B, T, H) holds the input products ``W_ih x_t`` already and ``w_t`` (H, H) is ``W_hhᵀ``.
-    Returns the states after each step (B, T, H)."""
+    :func:`lstm_forward`, ``starts`` (B, T) float32 (1: the step starts an episode: unless masked, it
+    reads ``h_reset`` (B, H) instead of the state before it), ``w_t`` (I + H, H) = ``[W_ihᵀ;
+    W_hhᵀ]``, ``bias`` (H), ``h0`` (B, H), ``activation`` one of :data:`ACTIVATIONS`; float32, H a
+    multiple of 16. With ``projected``, ``xs`` (B, T, H) holds the input products ``W_ih x_t``
+    already and ``w_t`` (H, H) is ``W_hhᵀ``. Returns the states after each step (B, T, H)."""
     (batch, length, _), hidden = xs.shape, w_t.shape[1]
-    (hs,) = _call("elman", "recurrax_elman_forward", ((batch, length, hidden),), xs, mask, w_t, bias, h0,
-                  activation=_activation(activation), projected=np.int32(projected))
+    (hs,) = _call("elman", "recurrax_elman_forward", ((batch, length, hidden),), xs, mask, starts, h_reset, w_t,
+                  bias, h0, activation=_activation(activation), projected=np.int32(projected))
     return hs
 
 
-def elman_backward(hs, dys, mask, dh_last, w_hh, activation="tanh"):
+def elman_backward(hs, dys, mask, starts, dh_last, w_hh, activation="tanh"):
     """The Elman network's backward loop: ``hs`` from :func:`elman_forward`, ``dys`` (B, T, H) their
-    gradients, ``mask``, ``dh_last`` (B, H) the final state's gradient, ``w_hh`` (H, H) as the cell
-    stores it. Returns the pre-activations' gradients (B, T, H), the initial state's (B, H) and
-    each sequence's sum of the first over its steps (B, H: the bias's)."""
+    gradients, ``mask`` and ``starts`` as there, ``dh_last`` (B, H) the final state's gradient,
+    ``w_hh`` (H, H) as the cell stores it. Returns the pre-activations' gradients (B, T, H), the
+    initial state's (B, H), each sequence's sum of the first over its steps (B, H: the bias's) and
+    the reset state's gradient (B, H)."""
     batch, length, hidden = hs.shape
-    outputs = ((batch, length, hidden), (batch, hidden), (batch, hidden))
-    return _call("elman", "recurrax_elman_backward", outputs, hs, dys, mask, dh_last, w_hh,
+    outputs = ((batch, length, hidden), (batch, hidden), (batch, hidden), (batch, hidden))
+    return _call("elman", "recurrax_elman_backward", outputs, hs, dys, mask, starts, dh_last, w_hh,
                  activation=_activation(activation))
 
 
@@ -369,19 +371,20 @@ def forget_gate_backward(kind: str, residuals, dys, mask, dh_last, h0, w_fh, w_h
 # --- LinearRecurrence -------------------------------------------------------------------------
 
 
-def linear_forward(ps, mask, gamma, bias, h0):
+def linear_forward(ps, mask, starts, h_reset, gamma, bias, h0):
     """The linear recurrence's forward loop, h_t = γ ⊙ h_{t-1} + (p_t + b): ``ps`` (B, T, H) the
-    input products W x_t, ``mask`` (B, T), ``gamma`` and ``bias`` (H), ``h0`` (B, H); float32.
-    Returns the states (B, T, H)."""
-    (hs,) = _call("linear", "recurrax_linear_forward", (ps.shape,), ps, mask, gamma, bias, h0)
+    input products W x_t, ``mask``, ``starts`` (B, T) and ``h_reset`` (B, H) as for
+    :func:`elman_forward`, ``gamma`` and ``bias`` (H), ``h0`` (B, H); float32. Returns the states
+    (B, T, H)."""
+    (hs,) = _call("linear", "recurrax_linear_forward", (ps.shape,), ps, mask, starts, h_reset, gamma, bias, h0)
     return hs
 
 
-def linear_backward(hs, dys, mask, gamma, h0, dh_last):
+def linear_backward(hs, dys, mask, starts, h_reset, gamma, h0, dh_last):
     """The linear recurrence's backward loop: ``hs`` from :func:`linear_forward`, ``dys`` their
-    gradients, ``mask``, ``gamma``, ``h0``, ``dh_last`` the final state's gradient. Returns the
-    input products' gradients (B, T, H), the initial state's (B, H) and each sequence's gradients
-    of γ and of the bias (B, H each)."""
+    gradients, ``mask``, ``starts``, ``h_reset``, ``gamma``, ``h0`` as there, ``dh_last`` the final
+    state's gradient. Returns the input products' gradients (B, T, H), the initial state's (B, H),
+    each sequence's gradients of γ and of the bias (B, H each) and the reset state's (B, H)."""
     batch, _, hidden = hs.shape
-    outputs = (hs.shape, (batch, hidden), (batch, hidden), (batch, hidden))
-    return _call("linear", "recurrax_linear_backward", outputs, hs, dys, mask, gamma, h0, dh_last)
+    outputs = (hs.shape, (batch, hidden), (batch, hidden), (batch, hidden), (batch, hidden))
+    return _call("linear", "recurrax_linear_backward", outputs, hs, dys, mask, starts, h_reset, gamma, h0, dh_last)

@@ -7,7 +7,9 @@
 //   dh += dy_t;   dz_t = dh * sigma'(z_t) (from h_t);   dh <- dz_t W_hh
 // dz_t is written out (the weight gradients come from products over all steps, in XLA), and its
 // sum over each sequence's steps (the bias's gradient). A masked step keeps h and outputs it as
-// it is; backward it passes dh on, with dz_t = 0.
+// it is; backward it passes dh on, with dz_t = 0. A step that starts an episode (loops.h: starts)
+// reads the reset state instead of h_{t-1}; backward, the gradient it passes back goes to the
+// reset state's.
 
 #include <cstdint>
 #include <cstring>
@@ -22,13 +24,14 @@ namespace {
 
 using namespace recurrax_native;
 
-// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), w_t (I + H, H) =
-// [W_hx^T; W_hh^T], bias (H), h0 (B, H) -> the states hs (B, T, H), which are all the backward
-// loop needs. With `projected`, xs (B, T, H) holds the input products W_hx x_t already and w_t
-// (H, H) is W_hh^T.
-ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_t,
-                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t activation,
-                            int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
+// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), starts (B, T) and
+// h_reset (B, H) (Resets), w_t (I + H, H) = [W_hx^T; W_hh^T], bias (H), h0 (B, H) -> the states
+// hs (B, T, H), which are all the backward loop needs. With `projected`, xs (B, T, H) holds the
+// input products W_hx x_t already and w_t (H, H) is W_hh^T.
+ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                            ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> w_t, ffi::Buffer<ffi::F32> bias,
+                            ffi::Buffer<ffi::F32> h0, int32_t activation, int32_t projected,
+                            ffi::ResultBuffer<ffi::F32> hs) {
   const auto dims = xs.dimensions();
   const auto w_dims = w_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
@@ -47,13 +50,15 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
     return ffi::Error::InvalidArgument("elman_forward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("elman_forward: unknown activation");
+  const Resets resets(starts, h_reset, batch, length, hidden);
+  if (!resets.fits) return ffi::Error::InvalidArgument("elman_forward: starts must be (B, T) and h_reset (B, H)");
   const float* valid = mask.typed_data();
   const float* b = bias.typed_data();
   const float* x_in = xs.typed_data();
   const float* h_first = h0.typed_data();
   float* hs_out = hs->typed_data();
   const Panels w(w_t.typed_data(), joint, hidden);
-  over_rows(batch, [=, &w](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> xh(rows * joint);  // row r: x_t (unless projected), then h_{t-1}
     std::vector<float> z(rows * hidden);
@@ -65,6 +70,8 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
         const float* x = x_in + ((first + r) * length + t) * inputs;
         if (!projected) std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
         if (t + 1 < length) prefetch(x + inputs, inputs);
+        const int64_t seq = first + r;
+        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, xh.data() + r * joint + x_width);
       }
       const float* projections = projected ? x_in + (first * length + t) * hidden : nullptr;
       matrix_product(rows, xh.data(), joint, w, projections, length * hidden, b, z.data(), hidden);
@@ -84,13 +91,14 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
   return ffi::Error::Success();
 }
 
-// Shapes: hs (B, T, H) from the forward loop, dys (B, T, H), mask (B, T), dh_last (B, H), w_hh
-// (H, H) as the cell stores it -> dz (B, T, H), dh0 (B, H), db (B, H): the sum of each sequence's
-// dz over its steps (the bias's gradient, per sequence).
+// Shapes: hs (B, T, H) from the forward loop, dys (B, T, H), mask (B, T), starts (B, T) as there,
+// dh_last (B, H), w_hh (H, H) as the cell stores it -> dz (B, T, H), dh0 (B, H), db (B, H): the sum
+// of each sequence's dz over its steps (the bias's gradient, per sequence), d_reset (B, H): the
+// reset state's gradient.
 ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask,
-                             ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> w_hh, int32_t activation,
-                             ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                             ffi::ResultBuffer<ffi::F32> db) {
+                             ffi::Buffer<ffi::F32> starts, ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> w_hh,
+                             int32_t activation, ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
+                             ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> d_reset) {
   const auto dims = hs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("elman_backward: hs must be (B, T, H)");
   const int64_t batch = dims[0], length = dims[1], hidden = dims[2];
@@ -102,6 +110,11 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
     return ffi::Error::InvalidArgument("elman_backward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("elman_backward: unknown activation");
+  if (starts.element_count() != static_cast<size_t>(batch * length)) {
+    return ffi::Error::InvalidArgument("elman_backward: starts must be (B, T)");
+  }
+  const float* begins = starts.typed_data();
+  float* d_reset_out = d_reset->typed_data();
   const float* h_in = hs.typed_data();
   const float* dy = dys.typed_data();
   const float* valid = mask.typed_data();
@@ -115,6 +128,7 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> passed(rows * hidden);  // dh + dy on a masked step's row, 0 on the others
     std::vector<float> bias_sum(rows * hidden, 0.0f);
+    std::vector<float> reset_sum(rows * hidden, 0.0f);
     const int64_t stride = length * hidden;
     for (int64_t t = length - 1; t >= 0; --t) {
       float* dzt = dz_out + first * stride + t * hidden;
@@ -141,9 +155,16 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
       }
       // dh <- dz_t W_hh, plus what a masked step's row passes on.
       matrix_product(rows, dzt, stride, w, passed.data(), hidden, nullptr, dh.data(), hidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t seq = first + r;
+        if (begins[seq * length + t] != 0.0f && valid[seq * length + t] != 0.0f) {
+          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
+        }
+      }
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * hidden, bias_sum.data(), rows * hidden * sizeof(float));
+    std::memcpy(d_reset_out + first * hidden, reset_sum.data(), rows * hidden * sizeof(float));
   });
   return ffi::Error::Success();
 }
@@ -152,7 +173,7 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     recurrax_elman_forward, ElmanForwardImpl,
-    results<1>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
+    results<1>(arguments<7>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_elman_backward, ElmanBackwardImpl,
-                              results<3>(arguments<5>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
+                              results<4>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));

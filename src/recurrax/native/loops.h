@@ -193,6 +193,35 @@ inline void matrix_product(int64_t rows, const float* a, int64_t lda, const Pane
   }
 }
 
+// Episode starts: a step whose start is set (starts (B, T), not 0), unless it is masked, reads the
+// reset state (B, width) instead of the state before it; backward, the gradient that step passes
+// back goes to the reset state's gradient instead (pass_to_reset). The plain scan's semantics
+// (recurrax.scan): a masked step ignores its start.
+struct Resets {
+  const float* starts;
+  const float* states;
+  int64_t length, width;
+  bool fits;  // whether the buffers have those shapes
+
+  Resets(xla::ffi::Buffer<xla::ffi::F32> starts_, xla::ffi::Buffer<xla::ffi::F32> states_, int64_t batch,
+         int64_t length_, int64_t width_)
+      : starts(starts_.typed_data()), states(states_.typed_data()), length(length_), width(width_),
+        fits(starts_.element_count() == static_cast<size_t>(batch * length_) &&
+             states_.element_count() == static_cast<size_t>(batch * width_)) {}
+
+  bool at(int64_t seq, int64_t t) const { return starts[seq * length + t] != 0.0f; }
+  const float* state(int64_t seq) const { return states + seq * width; }
+  void restore(int64_t seq, float* into) const { std::memcpy(into, state(seq), width * sizeof(float)); }
+};
+
+// At a start: the gradient dh of the state before the step goes to the reset state's (sum), not on.
+inline void pass_to_reset(float* __restrict dh, float* __restrict sum, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    sum[k] += dh[k];
+    dh[k] = 0.0f;
+  }
+}
+
 // Asks for the n numbers at p to be brought into the cache ahead of their use: a loop's rows lie
 // a whole sequence apart (T x width numbers), too far for the processor to guess the next one.
 inline void prefetch(const float* p, int64_t n) {
