@@ -85,16 +85,14 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
     weights = tuple(normal(hidden, hidden) / np.sqrt(hidden) for _ in range(blocks))
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
     p = xs.astype(np.float64) @ w_ih.T
-    resets = {}  # episode starts, for the loops that take them (on masked steps too, which ignore them)
-    if kind == "elman":
-        resets = dict(starts=(rng.random((batch, length)) < 0.3).astype(np.float32), h_reset=normal(batch, hidden))
-    want, want_extra = run(np, kind, act, p, mask, bias, weights, h0, **resets)
+    # Episode starts, on masked steps too (which ignore them).
+    starts, h_reset = (rng.random((batch, length)) < 0.3).astype(np.float32), normal(batch, hidden)
+    want, want_extra = run(np, kind, act, p, mask, bias, weights, h0, starts, h_reset)
     valid = mask[:, :, None] > 0  # a masked step's gates are not used
 
     if kind == "elman":
         w_t = np.concatenate([w_ih, weights[0]], axis=1).T.copy()
         forward = jax.jit(native.elman_forward, static_argnames=("activation", "projected"))
-        starts, h_reset = resets["starts"], resets["h_reset"]
         got = forward(xs, mask, starts, h_reset, w_t, bias, h0, activation=act)
         got, got_extra, inference = (got,), (), None
         # The input products computed before the loop (as for a batch that runs on one thread).
@@ -106,12 +104,13 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
         wh_t = np.concatenate([w_ih[hidden:], weights[1]], axis=1).T.copy()
         forward = jax.jit(native.forget_gate_forward, static_argnums=0,
                           static_argnames=("activation", "inference", "projected"))
-        got = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act)
+        got = forward(kind, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, activation=act)
         got_extra = got[1:]
-        (inference,) = forward(kind, xs, mask, wf_t, wh_t, bias, h0, activation=act, inference=True)
+        (inference,) = forward(kind, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, activation=act, inference=True)
         np.testing.assert_allclose(inference, want, atol=2e-6)
         # The input products computed before the loop (as for a batch that runs on one thread).
-        projected_inputs = (p.astype(np.float32), mask, weights[0].T.copy(), weights[1].T.copy(), bias, h0)
+        projected_inputs = (p.astype(np.float32), mask, starts, h_reset, weights[0].T.copy(), weights[1].T.copy(),
+                            bias, h0)
         projected = forward(kind, *projected_inputs, activation=act, projected=True)
         (projected_inference,) = forward(kind, *projected_inputs, activation=act, inference=True, projected=True)
         for a in (projected[0], projected_inference):
@@ -126,20 +125,19 @@ def test_kernels_follow_the_equations(kind, act, batch, hidden):
     dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
 
     def loss(p, bias, h0, h_reset):  # the same equations in jnp, differentiated by JAX
-        hs, _ = run(jnp, kind, act, p, mask, bias, weights, h0, resets.get("starts"), h_reset)
+        hs, _ = run(jnp, kind, act, p, mask, bias, weights, h0, starts, h_reset)
         return jnp.sum(hs * dys) + jnp.sum(hs[:, -1] * dh_last)
 
-    dp, dh0, d_reset = jax.grad(loss, argnums=(0, 2, 3))(p.astype(np.float32), jnp.asarray(bias), h0,
-                                                         resets.get("h_reset", h0))
+    dp, dh0, d_reset = jax.grad(loss, argnums=(0, 2, 3))(p.astype(np.float32), jnp.asarray(bias), h0, h_reset)
     if kind == "elman":
         dz, got_dh0, db, got_d_reset = jax.jit(native.elman_backward, static_argnames="activation")(
             got[0], dys, mask, starts, dh_last, weights[0], activation=act)
-        np.testing.assert_allclose(got_d_reset, d_reset, atol=5e-6)
     else:
-        dzf, dzh, got_dh0, db = jax.jit(native.forget_gate_backward, static_argnums=0, static_argnames="activation")(
-            kind, tuple(got), dys, mask, dh_last, h0, *weights, activation=act)
+        dzf, dzh, got_dh0, db, got_d_reset = jax.jit(native.forget_gate_backward, static_argnums=0,
+                                                     static_argnames="activation")(
+            kind, tuple(got), dys, mask, starts, h_reset, dh_last, h0, *weights, activation=act)
         dz = jnp.concatenate([dzf, dzh], axis=-1)
-    for a, b in ((dz, dp), (got_dh0, dh0), (db, jnp.sum(dp, axis=1))):
+    for a, b in ((dz, dp), (got_dh0, dh0), (db, jnp.sum(dp, axis=1)), (got_d_reset, d_reset)):
         np.testing.assert_allclose(a, b, atol=5e-6)
 
 
@@ -356,7 +354,8 @@ def test_an_unknown_activation_or_loops_name_is_refused():
         native.elman_forward(jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((1, 2)), jnp.zeros((1, 16)),
                              jnp.zeros((19, 16)), jnp.zeros(16), jnp.zeros((1, 16)), activation="gelu")
     with pytest.raises(ValueError, match="run 'forget_elman' or 'mgu', not 'gru'"):
-        native.forget_gate_forward("gru", jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((19, 16)),
-                                   jnp.zeros((19, 16)), jnp.zeros(32), jnp.zeros((1, 16)))
+        native.forget_gate_forward("gru", jnp.zeros((1, 2, 3)), jnp.ones((1, 2)), jnp.zeros((1, 2)),
+                                   jnp.zeros((1, 16)), jnp.zeros((19, 16)), jnp.zeros((19, 16)), jnp.zeros(32),
+                                   jnp.zeros((1, 16)))
     with pytest.raises(ValueError, match="no native loops 'attention'"):
         native.available("attention")

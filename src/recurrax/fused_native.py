@@ -45,7 +45,7 @@ sg = jax.lax.stop_gradient
 NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
 # The native loops that take episode starts (``starts``: the state reset to ``h_reset`` before a
 # step); the others' cells run XLA's fused loops where a sequence has starts.
-LOOPS_WITH_RESETS = frozenset({"elman", "linear"})
+LOOPS_WITH_RESETS = frozenset({"elman", "forget_gate", "linear"})
 
 
 def _native_allowed(loops: str, arrays) -> bool:
@@ -186,7 +186,7 @@ def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = 
     elif type(cell) is Elman:
         states, final = _elman_piece(cell, xs, h0, h_reset, starts, steps, batch)
     else:
-        states, final = _forget_gate_piece(cell, xs, h0, steps, batch)
+        states, final = _forget_gate_piece(cell, xs, h0, h_reset, starts, steps, batch)
     return (states if mask is None else jnp.where(mask[:, None], states, 0.0)), final
 
 
@@ -311,7 +311,7 @@ def _elman_vjp(backward):
 
 @functools.lru_cache(maxsize=None)
 def _forget_gate_calls(kind: str, activation: str, projected: bool):
-    per_batch = (True, True, False, False, False, True)
+    per_batch = (True, True, True, True, False, False, False, True)
     forward = functools.partial(native.forget_gate_forward, kind, activation=activation, projected=projected)
     inference = functools.partial(native.forget_gate_forward, kind, activation=activation, inference=True,
                                   projected=projected)
@@ -321,45 +321,47 @@ def _forget_gate_calls(kind: str, activation: str, projected: bool):
         residual_arrays, rest = args[:residuals], args[residuals:]
         return native.forget_gate_backward(kind, residual_arrays, *rest, activation=activation)
 
-    backward_batched = (True,) * residuals + (True, True, True, True, False, False)
+    backward_batched = (True,) * residuals + (True, True, True, True, True, True, False, False)
     return (_batched_call(forward, per_batch), _batched_call(inference, per_batch),
             _batched_call(backward, backward_batched))
 
 
-def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, steps, batch):
+def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, h_reset, starts, steps, batch):
     kind = "mgu" if type(cell) is MGU else "forget_elman"
     projected = _one_thread(batch)
     forward, inference, backward = _forget_gate_calls(kind, getattr(cell, "activation", "tanh"), projected)
     frozen = sg(cell)
     h_first = sg(h0)
     hidden = cell.hidden_size
+    resets = (_starts(starts, xs.shape[0]), sg(h_reset))
     if projected:  # the input products [W_fx x_t, W_hx x_t] in XLA, over every core
-        loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, frozen.weight_fh.T, frozen.weight_hh.T, frozen.bias, h_first)
+        loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, *resets, frozen.weight_fh.T, frozen.weight_hh.T,
+                       frozen.bias, h_first)
     else:
         w_fx, w_hx = jnp.split(frozen.weight_ih, [hidden])
         wf_t = jnp.concatenate([w_fx, frozen.weight_fh], axis=1).T  # [W_fxᵀ; W_fhᵀ]
         wh_t = jnp.concatenate([w_hx, frozen.weight_hh], axis=1).T  # [W_hxᵀ; W_hhᵀ]
-        loop_inputs = (sg(xs), steps, wf_t, wh_t, frozen.bias, h_first)
+        loop_inputs = (sg(xs), steps, *resets, wf_t, wh_t, frozen.bias, h_first)
     residuals = forward(*loop_inputs)
     (hs_inference,) = inference(*loop_inputs)
     hs, gates = residuals[0], residuals[1]
     # Carriers, one product per gate block (no product reads a block sliced out of a stacked dP).
     weight_fx, weight_hx = jnp.split(cell.weight_ih, [hidden])
     projections = (xs @ weight_fx.T, xs @ weight_hx.T)
-    h_prev = _previous(h_first, hs)
+    h_prev = _previous(h_first, hs, starts, resets[1])
     carriers = (h_prev @ cell.weight_fh.T, (gates * h_prev) @ cell.weight_hh.T)
-    saved = (residuals, steps, h_first, frozen.weight_fh, frozen.weight_hh)
-    return _attach(_forget_gate_vjp(backward), (projections, cell.bias, carriers, h0), saved,
+    saved = (residuals, steps, resets, h_first, frozen.weight_fh, frozen.weight_hh)
+    return _attach(_forget_gate_vjp(backward), (projections, cell.bias, carriers, h0, h_reset), saved,
                    (hs, hs[-1]), (hs_inference, hs_inference[-1]))
 
 
 @functools.lru_cache(maxsize=None)
 def _forget_gate_vjp(backward):
     def vjp(saved, cts):
-        residuals, steps, h_first, w_fh, w_hh = saved
+        residuals, steps, resets, h_first, w_fh, w_hh = saved
         dys, dh_last = cts
-        dzf, dz, dh0, db = backward(*residuals, dys, steps, dh_last, h_first, w_fh, w_hh)
-        return (dzf, dz), db, (dzf, dz), dh0
+        dzf, dz, dh0, db, d_reset = backward(*residuals, dys, steps, *resets, dh_last, h_first, w_fh, w_hh)
+        return (dzf, dz), db, (dzf, dz), dh0, d_reset
 
     return vjp
 

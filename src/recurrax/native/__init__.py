@@ -337,10 +337,11 @@ def _forget_gate_attributes(kind: str, activation: str) -> dict:
     return {} if kind == "mgu" else {"activation": _activation(activation)}
 
 
-def forget_gate_forward(kind: str, xs, mask, wf_t, wh_t, bias, h0, activation="tanh", inference=False,
-                        projected=False):
+def forget_gate_forward(kind: str, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, activation="tanh",
+                        inference=False, projected=False):
     """The forward loop of ``kind`` (``"forget_elman"`` or ``"mgu"``) over a batch: ``xs`` (B, T, I),
-    ``mask`` (B, T), ``wf_t`` and ``wh_t`` (I + H, H) = ``[W_fxᵀ; W_fhᵀ]`` and ``[W_hxᵀ; W_hhᵀ]``,
+    ``mask``, ``starts`` (B, T) and ``h_reset`` (B, H) as for :func:`elman_forward`, ``wf_t`` and
+    ``wh_t`` (I + H, H) = ``[W_fxᵀ; W_fhᵀ]`` and ``[W_hxᵀ; W_hhᵀ]``,
     ``bias`` (2H) = ``[b_f; b]``, ``h0`` (B, H), ``activation`` ForgetElman's (the MGU's is tanh).
     With ``projected``, ``xs`` (B, T, 2H) holds the input products ``[W_fx x_t, W_hx x_t]`` already
     and ``wf_t``, ``wh_t`` (H, H) are ``W_fhᵀ`` and ``W_hhᵀ``. Returns the states after each step
@@ -350,22 +351,24 @@ def forget_gate_forward(kind: str, xs, mask, wf_t, wh_t, bias, h0, activation="t
     attributes = _forget_gate_attributes(kind, activation)
     count = 1 if inference else (3 if kind == "mgu" else 2)
     target = f"recurrax_{kind}_{'inference' if inference else 'forward'}"
-    return _call("forget_gate", target, ((batch, length, hidden),) * count, xs, mask, wf_t, wh_t, bias, h0,
-                 projected=np.int32(projected), **attributes)
+    return _call("forget_gate", target, ((batch, length, hidden),) * count, xs, mask, starts, h_reset, wf_t, wh_t,
+                 bias, h0, projected=np.int32(projected), **attributes)
 
 
-def forget_gate_backward(kind: str, residuals, dys, mask, dh_last, h0, w_fh, w_hh, activation="tanh"):
+def forget_gate_backward(kind: str, residuals, dys, mask, starts, h_reset, dh_last, h0, w_fh, w_hh,
+                         activation="tanh"):
     """The backward loop of ``kind`` (as for :func:`forget_gate_forward`): ``residuals`` what its
     forward loop returned (states, gates and for the MGU candidates), ``dys`` (B, T, H) the states'
-    gradients, ``mask``, ``dh_last`` (B, H), ``h0`` (B, H), ``w_fh`` and ``w_hh`` (H, H) as the
-    cell stores them. Returns the gradients of the gate's and the state's pre-activations (B, T, H
-    each), of the initial state (B, H) and each sequence's sums of the first two over its steps
-    (B, 2H: the biases')."""
+    gradients, ``mask``, ``starts`` and ``h_reset`` as there, ``dh_last`` (B, H), ``h0`` (B, H),
+    ``w_fh`` and ``w_hh`` (H, H) as the cell stores them. Returns the gradients of the gate's and
+    the state's pre-activations (B, T, H each), of the initial state (B, H), each sequence's sums of
+    the first two over its steps (B, 2H: the biases') and the reset state's gradient (B, H)."""
     batch, length, hidden = residuals[0].shape
-    outputs = ((batch, length, hidden), (batch, length, hidden), (batch, hidden), (batch, 2 * hidden))
+    outputs = ((batch, length, hidden), (batch, length, hidden), (batch, hidden), (batch, 2 * hidden),
+               (batch, hidden))
     attributes = _forget_gate_attributes(kind, activation)
-    return _call("forget_gate", f"recurrax_{kind}_backward", outputs, *residuals, dys, mask, dh_last, h0, w_fh,
-                 w_hh, **attributes)
+    return _call("forget_gate", f"recurrax_{kind}_backward", outputs, *residuals, dys, mask, starts, h_reset,
+                 dh_last, h0, w_fh, w_hh, **attributes)
 
 
 # --- LinearRecurrence -------------------------------------------------------------------------

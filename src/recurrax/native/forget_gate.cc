@@ -18,7 +18,9 @@
 //   with dzf_t = df_t * f_t (1 - f_t).
 // dzf_t and dz_t are written out (the weight gradients come from products over all steps, in XLA),
 // and their sums over each sequence's steps (the biases' gradients). A masked step keeps h and
-// outputs it as it is; backward it passes dh on, with dzf_t = dz_t = 0.
+// outputs it as it is; backward it passes dh on, with dzf_t = dz_t = 0. A step that starts an
+// episode (loops.h: Resets) reads the reset state instead of h_{t-1}; backward, the gradient it
+// passes back goes to the reset state's.
 
 #include <algorithm>
 #include <cstdint>
@@ -34,15 +36,16 @@ namespace {
 
 using namespace recurrax_native;
 
-// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), wf_t and wh_t
-// (I + H, H) = [W_fx^T; W_fh^T] and [W_hx^T; W_hh^T], bias (2H) = [b_f; b], h0 (B, H). With
+// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), starts (B, T) and
+// h_reset (B, H) (Resets), wf_t and wh_t (I + H, H) = [W_fx^T; W_fh^T] and [W_hx^T; W_hh^T], bias
+// (2H) = [b_f; b], h0 (B, H). With
 // `projected`, xs (B, T, 2H) holds the input products [W_fx x_t, W_hx x_t] already and wf_t, wh_t
 // (H, H) are W_fh^T and W_hh^T. Writes the states hs (B, T, H) and, where gates_out is not null
 // (training), the forget gates (B, T, H) and for the MGU (mgu true) the candidates n (B, T, H).
-ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
-                        ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                        int32_t activation, int32_t projected, float* hs_out, float* gates_out,
-                        float* candidates_out) {
+ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                        ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> wf_t, ffi::Buffer<ffi::F32> wh_t,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t activation, int32_t projected,
+                        float* hs_out, float* gates_out, float* candidates_out) {
   const auto dims = xs.dimensions();
   const auto w_dims = wf_t.dimensions();
   if (dims.size() != 3 || w_dims.size() != 2) {
@@ -64,13 +67,17 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
     return ffi::Error::InvalidArgument("forget_gate_forward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("forget_gate_forward: unknown activation");
+  const Resets resets(starts, h_reset, batch, length, hidden);
+  if (!resets.fits) {
+    return ffi::Error::InvalidArgument("forget_gate_forward: starts must be (B, T) and h_reset (B, H)");
+  }
   const float* valid = mask.typed_data();
   const float* b = bias.typed_data();
   const float* x_in = xs.typed_data();
   const float* h_first = h0.typed_data();
   const Panels wf(wf_t.typed_data(), joint, hidden);
   const Panels wh(wh_t.typed_data(), joint, hidden);
-  over_rows(batch, [=, &wf, &wh](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &wf, &wh, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> xh(rows * joint);  // row r: x_t (unless projected), then h_{t-1}
     std::vector<float> xu(rows * joint);  // row r: x_t (unless projected), then u_t = f_t * h_{t-1}
@@ -94,6 +101,8 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
           if (gates_out) prefetch_for_writing(gates_out + next, hidden);
           if (candidates_out) prefetch_for_writing(candidates_out + next, hidden);
         }
+        const int64_t seq = first + r;
+        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, xh.data() + r * joint + x_width);
       }
       matrix_product(rows, xh.data(), joint, wf, products, length * inputs, b, f.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
@@ -136,14 +145,17 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
 }
 
 // Shapes: hs, gates (B, T, H) from the forward loop, candidates (B, T, H) for the MGU (ignored for
-// ForgetElman), dys (B, T, H), mask (B, T), dh_last and h0 (B, H), w_fh and w_hh (H, H) as the
-// cell stores them -> dzf, dz (B, T, H), dh0 (B, H), db (B, 2H): the sums of each sequence's dzf
-// and dz over its steps (the biases' gradients, per sequence).
+// ForgetElman), dys (B, T, H), mask, starts (B, T) and h_reset (B, H) as there, dh_last and h0
+// (B, H), w_fh and w_hh (H, H) as the cell stores them -> dzf, dz (B, T, H), dh0 (B, H), db (B,
+// 2H): the sums of each sequence's dzf and dz over its steps (the biases' gradients, per
+// sequence), d_reset (B, H): the reset state's gradient.
 ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, const float* candidates,
-                         ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dh_last,
-                         ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_fh, ffi::Buffer<ffi::F32> w_hh,
-                         int32_t activation, ffi::ResultBuffer<ffi::F32> dzf, ffi::ResultBuffer<ffi::F32> dz,
-                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> db) {
+                         ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                         ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> h0,
+                         ffi::Buffer<ffi::F32> w_fh, ffi::Buffer<ffi::F32> w_hh, int32_t activation,
+                         ffi::ResultBuffer<ffi::F32> dzf, ffi::ResultBuffer<ffi::F32> dz,
+                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> db,
+                         ffi::ResultBuffer<ffi::F32> d_reset) {
   const auto dims = hs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("forget_gate_backward: hs must be (B, T, H)");
   const int64_t batch = dims[0], length = dims[1], hidden = dims[2];
@@ -157,6 +169,11 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
     return ffi::Error::InvalidArgument("forget_gate_backward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("forget_gate_backward: unknown activation");
+  const Resets resets(starts, h_reset, batch, length, hidden);
+  if (!resets.fits) {
+    return ffi::Error::InvalidArgument("forget_gate_backward: starts must be (B, T) and h_reset (B, H)");
+  }
+  float* d_reset_out = d_reset->typed_data();
   const float* h_all = hs.typed_data();
   const float* f_all = gates.typed_data();
   const float* dy = dys.typed_data();
@@ -169,12 +186,13 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
   float* db_out = db->typed_data();
   const Panels pf(w_fh.typed_data(), hidden, hidden);
   const Panels ph(w_hh.typed_data(), hidden, hidden);
-  over_rows(batch, [=, &pf, &ph](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &pf, &ph, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> du(rows * hidden);
     std::vector<float> direct(rows * hidden);  // dh's part that does not go through W_fh
     std::vector<float> bias_sum(rows * 2 * hidden, 0.0f);
+    std::vector<float> reset_sum(rows * hidden, 0.0f);
     const int64_t stride = length * hidden;
     for (int64_t t = length - 1; t >= 0; --t) {
       float* dzt = dz_out + first * stride + t * hidden;
@@ -215,7 +233,10 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
           continue;
         }
         const float* fr = f_all + at;
-        const float* h_prev = t > 0 ? h_all + at - hidden : h_first + (first + r) * hidden;
+        const int64_t seq = first + r;
+        const float* h_prev = resets.at(seq, t) ? resets.state(seq)
+                              : t > 0           ? h_all + at - hidden
+                                                : h_first + seq * hidden;
         if (mgu) {
           const float* nr = candidates + at;
           for (int64_t k = 0; k < hidden; ++k) {
@@ -238,83 +259,98 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
       }
       // dh <- direct + dzf_t W_fh
       matrix_product(rows, dzft, stride, pf, direct.data(), hidden, nullptr, dh.data(), hidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t seq = first + r;
+        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) {
+          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
+        }
+      }
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * 2 * hidden, bias_sum.data(), rows * 2 * hidden * sizeof(float));
+    std::memcpy(d_reset_out + first * hidden, reset_sum.data(), rows * hidden * sizeof(float));
   });
   return ffi::Error::Success();
 }
 
 // Training: -> hs (B, T, H) and the forget gates (B, T, H).
-ffi::Error ForgetElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
+ffi::Error ForgetElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                                  ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> wf_t,
                                   ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
                                   int32_t activation, int32_t projected, ffi::ResultBuffer<ffi::F32> hs,
                                   ffi::ResultBuffer<ffi::F32> gates) {
-  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, projected, hs->typed_data(),
-                      gates->typed_data(), nullptr);
+  return forward_loop(false, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, activation, projected,
+                      hs->typed_data(), gates->typed_data(), nullptr);
 }
 
 // Inference: -> hs (B, T, H) only.
 ffi::Error ForgetElmanInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask,
+                                    ffi::Buffer<ffi::F32> starts, ffi::Buffer<ffi::F32> h_reset,
                                     ffi::Buffer<ffi::F32> wf_t, ffi::Buffer<ffi::F32> wh_t,
                                     ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t activation,
                                     int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(false, xs, mask, wf_t, wh_t, bias, h0, activation, projected, hs->typed_data(), nullptr,
-                      nullptr);
+  return forward_loop(false, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, activation, projected,
+                      hs->typed_data(), nullptr, nullptr);
 }
 
 ffi::Error ForgetElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> dys,
-                                   ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dh_last,
+                                   ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                                   ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> dh_last,
                                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_fh, ffi::Buffer<ffi::F32> w_hh,
                                    int32_t activation, ffi::ResultBuffer<ffi::F32> dzf,
                                    ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                                   ffi::ResultBuffer<ffi::F32> db) {
-  return backward_loop(false, hs, gates, nullptr, dys, mask, dh_last, h0, w_fh, w_hh, activation, dzf, dz, dh0, db);
+                                   ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> d_reset) {
+  return backward_loop(false, hs, gates, nullptr, dys, mask, starts, h_reset, dh_last, h0, w_fh, w_hh, activation,
+                       dzf, dz, dh0, db, d_reset);
 }
 
 // Training: -> hs (B, T, H), the forget gates and the candidates (B, T, H).
-ffi::Error MguForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
-                          ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                          int32_t projected, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates,
+ffi::Error MguForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                          ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> wf_t, ffi::Buffer<ffi::F32> wh_t,
+                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t projected,
+                          ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates,
                           ffi::ResultBuffer<ffi::F32> candidates) {
-  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(), gates->typed_data(),
-                      candidates->typed_data());
+  return forward_loop(true, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(),
+                      gates->typed_data(), candidates->typed_data());
 }
 
 // Inference: -> hs (B, T, H) only.
-ffi::Error MguInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> wf_t,
-                            ffi::Buffer<ffi::F32> wh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0,
-                            int32_t projected, ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(true, xs, mask, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(), nullptr, nullptr);
+ffi::Error MguInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                            ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> wf_t, ffi::Buffer<ffi::F32> wh_t,
+                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, int32_t projected,
+                            ffi::ResultBuffer<ffi::F32> hs) {
+  return forward_loop(true, xs, mask, starts, h_reset, wf_t, wh_t, bias, h0, kTanh, projected, hs->typed_data(),
+                      nullptr, nullptr);
 }
 
 ffi::Error MguBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> candidates,
-                           ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dh_last,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_fh, ffi::Buffer<ffi::F32> w_hh,
-                           ffi::ResultBuffer<ffi::F32> dzf, ffi::ResultBuffer<ffi::F32> dz,
-                           ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> db) {
-  return backward_loop(true, hs, gates, candidates.typed_data(), dys, mask, dh_last, h0, w_fh, w_hh, kTanh, dzf, dz,
-                       dh0, db);
+                           ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                           ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> h0,
+                           ffi::Buffer<ffi::F32> w_fh, ffi::Buffer<ffi::F32> w_hh, ffi::ResultBuffer<ffi::F32> dzf,
+                           ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
+                           ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> d_reset) {
+  return backward_loop(true, hs, gates, candidates.typed_data(), dys, mask, starts, h_reset, dh_last, h0, w_fh, w_hh,
+                       kTanh, dzf, dz, dh0, db, d_reset);
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     recurrax_forget_elman_forward, ForgetElmanForwardImpl,
-    results<2>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
+    results<2>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     recurrax_forget_elman_inference, ForgetElmanInferenceImpl,
-    results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
+    results<1>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("activation").Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_forget_elman_backward, ForgetElmanBackwardImpl,
-                              results<4>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
+                              results<5>(arguments<10>(ffi::Ffi::Bind()).Attr<int32_t>("activation")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_forward, MguForwardImpl,
-                              results<3>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
+                              results<3>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_inference, MguInferenceImpl,
-                              results<1>(arguments<6>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
+                              results<1>(arguments<8>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_mgu_backward, MguBackwardImpl,
-                              results<4>(arguments<9>(ffi::Ffi::Bind())));
+                              results<5>(arguments<11>(ffi::Ffi::Bind())));
