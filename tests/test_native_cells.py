@@ -164,18 +164,20 @@ def test_calls_running_at_once_each_get_their_own_answer():
         np.testing.assert_allclose(got, want, atol=2e-6)
 
 
-def gru_run(xp, p, mask, bias, bias_hn, w_hh, h0):
-    """The GRU's loop in NumPy (float64) or jnp: ``p`` the input products without bias (B, T, 3H).
-    Returns the states (B, T, H) and the gates (r, z, n, W_hn h + b_hn) (B, T, 4H)."""
+def gru_run(xp, p, mask, bias, bias_hn, w_hh, h0, starts, h_reset):
+    """The GRU's loop in NumPy (float64) or jnp: ``p`` the input products without bias (B, T, 3H),
+    ``h_reset`` read for the state before a step whose start is set (``starts`` (B, T)). Returns
+    the states (B, T, H) and the gates (r, z, n, W_hn h + b_hn) (B, T, 4H)."""
     hidden = h0.shape[1]
     sigmoid = lambda z: activation(xp, "sigmoid", z)  # noqa: E731
     h, hs, gates = h0, [], []
     for t in range(p.shape[1]):
-        pt, g = p[:, t] + bias, h @ w_hh.T
+        before = xp.where(starts[:, t:t + 1] > 0, h_reset, h)
+        pt, g = p[:, t] + bias, before @ w_hh.T
         r, z = sigmoid(pt[:, :hidden] + g[:, :hidden]), sigmoid(pt[:, hidden:2 * hidden] + g[:, hidden:2 * hidden])
         gn = g[:, 2 * hidden:] + bias_hn
         n = xp.tanh(pt[:, 2 * hidden:] + r * gn)
-        h = xp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * h, h)
+        h = xp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * before, h)
         hs.append(h)
         gates.append(xp.concatenate([r, z, n, gn], axis=1))
     return xp.stack(hs, 1), xp.stack(gates, 1)
@@ -191,10 +193,11 @@ def test_the_gru_kernels_follow_the_equations(batch, hidden):
     w_ih, w_hh = normal(3 * hidden, inputs) / np.sqrt(inputs), normal(3 * hidden, hidden) / np.sqrt(hidden)
     bias, bias_hn = normal(3 * hidden), normal(hidden)
     mask = (rng.random((batch, length)) > 0.3).astype(np.float32)
+    starts, h_reset = (rng.random((batch, length)) < 0.3).astype(np.float32), normal(batch, hidden)
     p = xs.astype(np.float64) @ w_ih.T
-    want, want_gates = gru_run(np, p, mask, bias, bias_hn, w_hh, h0)
+    want, want_gates = gru_run(np, p, mask, bias, bias_hn, w_hh, h0, starts, h_reset)
     forward = jax.jit(native.gru_forward, static_argnames=("inference", "projected"))
-    loop_inputs = (xs, mask, w_ih.T.copy(), w_hh.T.copy(), bias, bias_hn, h0)
+    loop_inputs = (xs, mask, starts, h_reset, w_ih.T.copy(), w_hh.T.copy(), bias, bias_hn, h0)
     hs, gates = forward(*loop_inputs)
     (inference,) = forward(*loop_inputs, inference=True)
     # The input products computed before the loop (as for a batch that runs on one thread).
@@ -209,23 +212,26 @@ def test_the_gru_kernels_follow_the_equations(batch, hidden):
 
     dys, dh_last = normal(batch, length, hidden), normal(batch, hidden)
 
-    def loss(p, gn_shift, h0):  # gn_shift: a zero added to W_hn h + b_hn, for its gradient
+    def loss(p, gn_shift, h0, h_reset):  # gn_shift: a zero added to W_hn h + b_hn, for its gradient
         hidden_ = h0.shape[1]
         shifted_bias_hn = bias_hn + gn_shift  # (B, T, H) -> one per sequence and step
         h, hs = h0, []
         for t in range(length):
-            pt, g = p[:, t] + bias, h @ w_hh.T
+            before = jnp.where(starts[:, t:t + 1] > 0, h_reset, h)
+            pt, g = p[:, t] + bias, before @ w_hh.T
             r = jax.nn.sigmoid(pt[:, :hidden_] + g[:, :hidden_])
             z = jax.nn.sigmoid(pt[:, hidden_:2 * hidden_] + g[:, hidden_:2 * hidden_])
             n = jnp.tanh(pt[:, 2 * hidden_:] + r * (g[:, 2 * hidden_:] + shifted_bias_hn[:, t]))
-            h = jnp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * h, h)
+            h = jnp.where(mask[:, t:t + 1] > 0, (1.0 - z) * n + z * before, h)
             hs.append(h)
         hs = jnp.stack(hs, 1)
         return jnp.sum(hs * dys) + jnp.sum(hs[:, -1] * dh_last)
 
-    dp, dgn, dh0 = jax.grad(loss, argnums=(0, 1, 2))(p.astype(np.float32), jnp.zeros((batch, length, hidden)), h0)
-    got = jax.jit(native.gru_backward)(hs, gates, dys, mask, dh_last, h0, w_hh)
-    want_grads = (dp[..., :2 * hidden], dp[..., 2 * hidden:], dgn, dh0, jnp.sum(dp, axis=1), jnp.sum(dgn, axis=1))
+    dp, dgn, dh0, d_reset = jax.grad(loss, argnums=(0, 1, 2, 3))(p.astype(np.float32),
+                                                                 jnp.zeros((batch, length, hidden)), h0, h_reset)
+    got = jax.jit(native.gru_backward)(hs, gates, dys, mask, starts, h_reset, dh_last, h0, w_hh)
+    want_grads = (dp[..., :2 * hidden], dp[..., 2 * hidden:], dgn, dh0, jnp.sum(dp, axis=1), jnp.sum(dgn, axis=1),
+                  d_reset)
     for a, b in zip(got, want_grads, strict=True):
         np.testing.assert_allclose(a, b, atol=5e-6)
 
@@ -340,7 +346,7 @@ def test_what_the_native_loops_leave_to_xla():
     episodes = lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s)  # noqa: E731
     assert runs_native(episodes, linear, xs, flags)
     assert runs_native(episodes, recurrax.Elman(5, 16, key=jax.random.key(0)), xs, flags)
-    assert not runs_native(episodes, recurrax.GRU(5, 16, key=jax.random.key(0)), xs, flags)  # its loops: no resets
+    assert runs_native(episodes, recurrax.GRU(5, 16, key=jax.random.key(0)), xs, flags)
     ensemble = jax.vmap(lambda k: recurrax.LinearRecurrence(5, 16, key=k))(jax.random.split(jax.random.key(2), 2))
     assert not runs_native(lambda c, x: jax.vmap(layer, in_axes=(0, None))(c, x), ensemble, xs)
     assert not runs_native(layer, recurrax.Elman(5, 12, key=jax.random.key(0)), xs)  # 12: not a multiple of 16

@@ -45,7 +45,7 @@ sg = jax.lax.stop_gradient
 NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
 # The native loops that take episode starts (``starts``: the state reset to ``h_reset`` before a
 # step); the others' cells run XLA's fused loops where a sequence has starts.
-LOOPS_WITH_RESETS = frozenset({"elman", "forget_gate", "linear"})
+LOOPS_WITH_RESETS = frozenset({"gru", "elman", "forget_gate", "linear"})
 
 
 def _native_allowed(loops: str, arrays) -> bool:
@@ -182,7 +182,7 @@ def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = 
     if type(cell) is LSTM:
         states, final = _lstm_piece(cell, xs, h0, steps, batch)
     elif type(cell) is GRU:
-        states, final = _gru_piece(cell, xs, h0, steps, batch)
+        states, final = _gru_piece(cell, xs, h0, h_reset, starts, steps, batch)
     elif type(cell) is Elman:
         states, final = _elman_piece(cell, xs, h0, h_reset, starts, steps, batch)
     else:
@@ -231,38 +231,40 @@ def _lstm_vjp(saved, cts):
 
 @functools.lru_cache(maxsize=None)
 def _gru_calls(projected: bool):
-    per_batch = (True, True, False, False, False, False, True)
+    per_batch = (True, True, True, True, False, False, False, False, True)
     return (_batched_call(functools.partial(native.gru_forward, projected=projected), per_batch),
             _batched_call(functools.partial(native.gru_forward, inference=True, projected=projected), per_batch))
 
 
-_gru_backward = _batched_call(native.gru_backward, (True, True, True, True, True, True, False))
+_gru_backward = _batched_call(native.gru_backward, (True, True, True, True, True, True, True, True, False))
 
 
-def _gru_piece(cell: GRU, xs, h0, steps, batch):
+def _gru_piece(cell: GRU, xs, h0, h_reset, starts, steps, batch):
     frozen = sg(cell)
     h_first = sg(h0)
     projected = _one_thread(batch)
     forward, inference = _gru_calls(projected)
     inputs = sg(xs) @ frozen.weight_ih.T if projected else sg(xs)  # the input products in XLA, over every core
-    loop_inputs = (inputs, steps, frozen.weight_ih.T, frozen.weight_hh.T, frozen.bias, frozen.bias_hn, h_first)
+    resets = (_starts(starts, xs.shape[0]), sg(h_reset))
+    loop_inputs = (inputs, steps, *resets, frozen.weight_ih.T, frozen.weight_hh.T, frozen.bias, frozen.bias_hn,
+                   h_first)
     hs, gates = forward(*loop_inputs)
     (hs_inference,) = inference(*loop_inputs)
     # Carriers, one product per block of gates (r and z; n), as on XLA's loops.
     cut = 2 * cell.hidden_size
     w_ih_rz, w_in = jnp.split(cell.weight_ih, [cut])
     w_hh_rz, w_hn = jnp.split(cell.weight_hh, [cut])
-    h_prev = _previous(h_first, hs)
+    h_prev = _previous(h_first, hs, starts, resets[1])
     carriers = ((xs @ w_ih_rz.T, xs @ w_in.T), (h_prev @ w_hh_rz.T, h_prev @ w_hn.T))
-    return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0), (hs, gates, steps, h_first, frozen.weight_hh),
-                   (hs, hs[-1]), (hs_inference, hs_inference[-1]))
+    return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0, h_reset),
+                   (hs, gates, steps, resets, h_first, frozen.weight_hh), (hs, hs[-1]), (hs_inference, hs_inference[-1]))
 
 
 def _gru_vjp(saved, cts):
-    hs, gates, steps, h_first, w_hh = saved
+    hs, gates, steps, resets, h_first, w_hh = saved
     dys, dh_last = cts
-    d_rz, dn, dgn, dh0, db, db_hn = _gru_backward(hs, gates, dys, steps, dh_last, h_first, w_hh)
-    return ((d_rz, dn), (d_rz, dgn)), db, db_hn, dh0
+    d_rz, dn, dgn, dh0, db, db_hn, d_reset = _gru_backward(hs, gates, dys, steps, *resets, dh_last, h_first, w_hh)
+    return ((d_rz, dn), (d_rz, dgn)), db, db_hn, dh0, d_reset
 
 
 # --- Elman --------------------------------------------------------------------------------------

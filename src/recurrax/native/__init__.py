@@ -268,9 +268,10 @@ def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
 # --- GRU --------------------------------------------------------------------------------------
 
 
-def gru_forward(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False, projected=False):
+def gru_forward(xs, mask, starts, h_reset, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False, projected=False):
     """The GRU's forward loop over a batch: ``xs`` (B, T, I), ``mask`` (B, T) as for
-    :func:`lstm_forward`, ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) the matrices transposed (gates
+    :func:`lstm_forward`, ``starts`` (B, T) and ``h_reset`` (B, H) as for :func:`elman_forward`,
+    ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) the matrices transposed (gates
     r, z, n), ``bias`` (3H), ``bias_hn`` (H), ``h0`` (B, H); float32, H a multiple of 16. With
     ``projected``, ``xs`` (B, T, 3H) holds the input products ``W_ih x_t`` already (``w_ih_t`` is
     not read). Returns the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and
@@ -278,20 +279,21 @@ def gru_forward(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, inference=False, pr
     (batch, length, _), hidden = xs.shape, w_hh_t.shape[0]
     outputs = ((batch, length, hidden),) if inference else ((batch, length, hidden), (batch, length, 4 * hidden))
     target = "recurrax_gru_inference" if inference else "recurrax_gru_forward"
-    return _call("gru", target, outputs, xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected=np.int32(projected))
+    return _call("gru", target, outputs, xs, mask, starts, h_reset, w_ih_t, w_hh_t, bias, bias_hn, h0,
+                 projected=np.int32(projected))
 
 
-def gru_backward(hs, gates, dys, mask, dh_last, h0, w_hh):
+def gru_backward(hs, gates, dys, mask, starts, h_reset, dh_last, h0, w_hh):
     """The GRU's backward loop: ``hs`` and ``gates`` from :func:`gru_forward`, ``dys`` (B, T, H)
-    the states' gradients, ``mask``, ``dh_last`` and ``h0`` (B, H), ``w_hh`` (3H, H) as the cell
-    stores it. Returns the gradients of the r and z pre-activations (B, T, 2H), of the n
-    pre-activation's input part (B, T, H) and its recurrent part W_hn h + b_hn (B, T, H), of the
-    initial state (B, H), and each sequence's sums over its steps (B, 3H: the bias's; B, H:
-    ``bias_hn``'s)."""
+    the states' gradients, ``mask``, ``starts`` and ``h_reset`` as there, ``dh_last`` and ``h0``
+    (B, H), ``w_hh`` (3H, H) as the cell stores it. Returns the gradients of the r and z
+    pre-activations (B, T, 2H), of the n pre-activation's input part (B, T, H) and its recurrent
+    part W_hn h + b_hn (B, T, H), of the initial state (B, H), each sequence's sums over its steps
+    (B, 3H: the bias's; B, H: ``bias_hn``'s) and the reset state's gradient (B, H)."""
     batch, length, hidden = hs.shape
     outputs = ((batch, length, 2 * hidden), (batch, length, hidden), (batch, length, hidden), (batch, hidden),
-               (batch, 3 * hidden), (batch, hidden))
-    return _call("gru", "recurrax_gru_backward", outputs, hs, gates, dys, mask, dh_last, h0, w_hh)
+               (batch, 3 * hidden), (batch, hidden), (batch, hidden))
+    return _call("gru", "recurrax_gru_backward", outputs, hs, gates, dys, mask, starts, h_reset, dh_last, h0, w_hh)
 
 
 # --- Elman, ForgetElman, MGU ------------------------------------------------------------------

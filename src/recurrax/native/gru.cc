@@ -11,7 +11,9 @@
 //   dh <- dh * z + [dr, dz, dg_n] W_hh
 // [dr, dz], dn and dg_n are written out (the weight gradients come from products over all steps,
 // in XLA), and their sums over each sequence's steps (the biases' gradients). A masked step keeps
-// h and outputs it as it is; backward it passes dh on, with all of them 0.
+// h and outputs it as it is; backward it passes dh on, with all of them 0. A step that starts an
+// episode (loops.h: Resets) reads the reset state instead of h_{t-1}; backward, the gradient it
+// passes back goes to the reset state's.
 
 #include <algorithm>
 #include <cstdint>
@@ -27,13 +29,15 @@ namespace {
 
 using namespace recurrax_native;
 
-// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), w_ih_t (I, 3H) and
-// w_hh_t (H, 3H) the matrices transposed, bias (3H), bias_hn (H), h0 (B, H). With `projected`, xs
-// (B, T, 3H) holds the input products W_ih x_t already (w_ih_t is not read). Writes the states hs
-// (B, T, H) and, where gates_out is not null (training), (r, z, n, g_n) (B, T, 4H).
-ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
-                        ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn,
-                        ffi::Buffer<ffi::F32> h0, int32_t projected, float* hs_out, float* gates_out) {
+// Shapes: xs (B, T, I), mask (B, T) (1: the step runs; 0: it keeps the state), starts (B, T) and
+// h_reset (B, H) (Resets), w_ih_t (I, 3H) and w_hh_t (H, 3H) the matrices transposed, bias (3H),
+// bias_hn (H), h0 (B, H). With `projected`, xs (B, T, 3H) holds the input products W_ih x_t
+// already (w_ih_t is not read). Writes the states hs (B, T, H) and, where gates_out is not null
+// (training), (r, z, n, g_n) (B, T, 4H).
+ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                        ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> w_ih_t, ffi::Buffer<ffi::F32> w_hh_t,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn, ffi::Buffer<ffi::F32> h0,
+                        int32_t projected, float* hs_out, float* gates_out) {
   const auto dims = xs.dimensions();
   const auto ih_dims = w_ih_t.dimensions();
   const auto hh_dims = w_hh_t.dimensions();
@@ -54,6 +58,8 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("gru_forward: mask must be (B, T)");
   }
+  const Resets resets(starts, h_reset, batch, length, hidden);
+  if (!resets.fits) return ffi::Error::InvalidArgument("gru_forward: starts must be (B, T) and h_reset (B, H)");
   const float* valid = mask.typed_data();
   const float* x_in = xs.typed_data();
   const float* h_first = h0.typed_data();
@@ -63,7 +69,7 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   const float* b_hh = recurrent_bias.data();
   const Panels w_ih(w_ih_t.typed_data(), projected ? 0 : inputs, width);  // empty where not read
   const Panels w_hh(w_hh_t.typed_data(), hidden, width);
-  over_rows(batch, [=, &w_ih, &w_hh](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w_ih, &w_hh, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> x(projected ? 0 : rows * inputs), h(h_first + first * hidden, h_first + (first + rows) * hidden);
     std::vector<float> p(rows * width), g(rows * width), scratch(gates_out ? 0 : rows * 4 * hidden);
@@ -81,6 +87,8 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
           prefetch_for_writing(hs_out + next * hidden, hidden);
           if (gates_out) prefetch_for_writing(gates_out + next * 4 * hidden, 4 * hidden);
         }
+        const int64_t seq = first + r;
+        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, h.data() + r * hidden);
       }
       if (!projected) matrix_product(rows, x.data(), inputs, w_ih, nullptr, 0, b, p.data(), width);
       matrix_product(rows, h.data(), hidden, w_hh, nullptr, 0, b_hh, g.data(), width);
@@ -110,31 +118,35 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
 }
 
 // Training: -> hs (B, T, H) and (r, z, n, g_n) (B, T, 4H).
-ffi::Error GruForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
-                          ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn,
-                          ffi::Buffer<ffi::F32> h0, int32_t projected, ffi::ResultBuffer<ffi::F32> hs,
-                          ffi::ResultBuffer<ffi::F32> gates) {
-  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(), gates->typed_data());
+ffi::Error GruForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                          ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> w_ih_t, ffi::Buffer<ffi::F32> w_hh_t,
+                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> bias_hn, ffi::Buffer<ffi::F32> h0,
+                          int32_t projected, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates) {
+  return forward_loop(xs, mask, starts, h_reset, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(),
+                      gates->typed_data());
 }
 
 // Inference: -> hs (B, T, H) only.
-ffi::Error GruInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> w_ih_t,
+ffi::Error GruInferenceImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts,
+                            ffi::Buffer<ffi::F32> h_reset, ffi::Buffer<ffi::F32> w_ih_t,
                             ffi::Buffer<ffi::F32> w_hh_t, ffi::Buffer<ffi::F32> bias,
                             ffi::Buffer<ffi::F32> bias_hn, ffi::Buffer<ffi::F32> h0, int32_t projected,
                             ffi::ResultBuffer<ffi::F32> hs) {
-  return forward_loop(xs, mask, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(), nullptr);
+  return forward_loop(xs, mask, starts, h_reset, w_ih_t, w_hh_t, bias, bias_hn, h0, projected, hs->typed_data(),
+                      nullptr);
 }
 
-// Shapes: hs (B, T, H) and gates (B, T, 4H) from the forward loop, dys (B, T, H), mask (B, T),
-// dh_last and h0 (B, H), w_hh (3H, H) as the cell stores it -> d_rz (B, T, 2H), dn and dg_n
-// (B, T, H), dh0 (B, H), db (B, 3H) (each sequence's sums of d_rz and dn over its steps) and
-// db_hn (B, H) (of dg_n).
+// Shapes: hs (B, T, H) and gates (B, T, 4H) from the forward loop, dys (B, T, H), mask, starts (B,
+// T) and h_reset (B, H) as there, dh_last and h0 (B, H), w_hh (3H, H) as the cell stores it ->
+// d_rz (B, T, 2H), dn and dg_n (B, T, H), dh0 (B, H), db (B, 3H) (each sequence's sums of d_rz and
+// dn over its steps), db_hn (B, H) (of dg_n) and d_reset (B, H) (the reset state's gradient).
 ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> dys,
-                           ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> h0,
-                           ffi::Buffer<ffi::F32> w_hh, ffi::ResultBuffer<ffi::F32> d_rz,
-                           ffi::ResultBuffer<ffi::F32> dn, ffi::ResultBuffer<ffi::F32> dgn,
-                           ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> db,
-                           ffi::ResultBuffer<ffi::F32> db_hn) {
+                           ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> starts, ffi::Buffer<ffi::F32> h_reset,
+                           ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_hh,
+                           ffi::ResultBuffer<ffi::F32> d_rz, ffi::ResultBuffer<ffi::F32> dn,
+                           ffi::ResultBuffer<ffi::F32> dgn, ffi::ResultBuffer<ffi::F32> dh0,
+                           ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> db_hn,
+                           ffi::ResultBuffer<ffi::F32> d_reset) {
   const auto dims = hs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("gru_backward: hs must be (B, T, H)");
   const int64_t batch = dims[0], length = dims[1], hidden = dims[2], width = 3 * hidden;
@@ -146,6 +158,9 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
       gates.element_count() != static_cast<size_t>(batch * length * 4 * hidden)) {
     return ffi::Error::InvalidArgument("gru_backward: mask must be (B, T) and gates (B, T, 4H)");
   }
+  const Resets resets(starts, h_reset, batch, length, hidden);
+  if (!resets.fits) return ffi::Error::InvalidArgument("gru_backward: starts must be (B, T) and h_reset (B, H)");
+  float* d_reset_out = d_reset->typed_data();
   const float* h_all = hs.typed_data();
   const float* a_all = gates.typed_data();
   const float* dy = dys.typed_data();
@@ -159,12 +174,13 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
   float* db_out = db->typed_data();
   float* db_hn_out = db_hn->typed_data();
   const Panels w(w_hh.typed_data(), width, hidden);
-  over_rows(batch, [=, &w](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> dg(rows * width);      // [dr, dz, dg_n] of the step: the product's rows
     std::vector<float> direct(rows * hidden);  // dh * z, or a masked step's dh as it is
     std::vector<float> bias_sum(rows * width, 0.0f), bias_hn_sum(rows * hidden, 0.0f);
+    std::vector<float> reset_sum(rows * hidden, 0.0f);
     for (int64_t t = length - 1; t >= 0; --t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t seq = first + r, at = (seq * length + t) * hidden;
@@ -192,7 +208,9 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
           std::memcpy(dir, dhr, hidden * sizeof(float));
           continue;
         }
-        const float* h_prev = t > 0 ? h_all + at - hidden : h_first + seq * hidden;
+        const float* h_prev = resets.at(seq, t) ? resets.state(seq)
+                              : t > 0           ? h_all + at - hidden
+                                                : h_first + seq * hidden;
         float* sum = bias_sum.data() + r * width;
         float* sum_hn = bias_hn_sum.data() + r * hidden;
         for (int64_t k = 0; k < hidden; ++k) {
@@ -217,10 +235,17 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
       }
       // dh <- direct + [dr, dz, dg_n] W_hh
       matrix_product(rows, dg.data(), width, w, direct.data(), hidden, nullptr, dh.data(), hidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t seq = first + r;
+        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) {
+          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
+        }
+      }
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * width, bias_sum.data(), rows * width * sizeof(float));
     std::memcpy(db_hn_out + first * hidden, bias_hn_sum.data(), rows * hidden * sizeof(float));
+    std::memcpy(d_reset_out + first * hidden, reset_sum.data(), rows * hidden * sizeof(float));
   });
   return ffi::Error::Success();
 }
@@ -228,10 +253,10 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_forward, GruForwardImpl,
-                              results<2>(arguments<7>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
+                              results<2>(arguments<9>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_inference, GruInferenceImpl,
-                              results<1>(arguments<7>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
+                              results<1>(arguments<9>(ffi::Ffi::Bind()).Attr<int32_t>("projected")));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(recurrax_gru_backward, GruBackwardImpl,
-                              results<6>(arguments<7>(ffi::Ffi::Bind())));
+                              results<7>(arguments<9>(ffi::Ffi::Bind())));
