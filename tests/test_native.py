@@ -32,18 +32,20 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def lstm_reference(p, mask, bias, w_hh, h0, c0):
-    """The LSTM's loop in float64 NumPy, a masked step keeping the state: gates (B, T, 4H), hs, cs
-    (B, T, H)."""
+def lstm_reference(p, mask, starts, h_reset, c_reset, bias, w_hh, h0, c0):
+    """The LSTM's loop in float64 NumPy, a masked step keeping the state, a step whose start is set
+    reading (h_reset, c_reset) for the state before it: gates (B, T, 4H), hs, cs (B, T, H)."""
     hidden = w_hh.shape[1]
     h, c = h0.astype(np.float64), c0.astype(np.float64)
     gates, hs, cs = [], [], []
     for t in range(p.shape[1]):
-        z = p[:, t] + bias + h @ w_hh.T
+        start = starts[:, t:t + 1] > 0
+        h_before, c_before = np.where(start, h_reset, h), np.where(start, c_reset, c)
+        z = p[:, t] + bias + h_before @ w_hh.T
         i, f = sigmoid(z[:, :hidden]), sigmoid(z[:, hidden:2 * hidden])
         g, o = np.tanh(z[:, 2 * hidden:3 * hidden]), sigmoid(z[:, 3 * hidden:])
         valid = mask[:, t:t + 1] > 0
-        c = np.where(valid, f * c + i * g, c)
+        c = np.where(valid, f * c_before + i * g, c)
         h = np.where(valid, o * np.tanh(c), h)
         gates.append(np.concatenate([i, f, g, o], axis=1))
         hs.append(h)
@@ -66,49 +68,58 @@ def random_inputs(batch, length, hidden, inputs=5, seed=0):
 def test_kernels_follow_the_equations(batch, hidden):
     length = 6
     xs, w_ih, bias, w_hh, h0, c0 = random_inputs(batch, length, hidden)
-    mask = (np.random.default_rng(4).random((batch, length)) > 0.3).astype(np.float32)
+    flags = np.random.default_rng(4).random((2, batch, length))
+    mask = (flags[0] > 0.3).astype(np.float32)
+    starts = (flags[1] < 0.3).astype(np.float32)  # on masked steps too, which ignore them
+    h_reset, c_reset = (np.random.default_rng(5).normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
+    resets = (starts, h_reset, c_reset)
     w_t = np.concatenate([w_ih, w_hh], axis=1).T.copy()
-    gates, hs, cs = jax.jit(native.lstm_forward)(xs, mask, w_t, bias, h0, c0)
+    gates, hs, cs = jax.jit(native.lstm_forward)(xs, mask, *resets, w_t, bias, h0, c0)
     p = xs.astype(np.float64) @ w_ih.T
-    want = lstm_reference(p, mask, bias, w_hh, h0, c0)
+    want = lstm_reference(p, mask, *resets, bias, w_hh, h0, c0)
     valid = mask[:, :, None] > 0  # a masked step's gates are not used
     np.testing.assert_allclose(np.where(valid, gates, 0), np.where(valid, want[0], 0), atol=2e-6)
     for got, expected in zip((hs, cs), want[1:]):
         np.testing.assert_allclose(got, expected, atol=2e-6)
-    hs_only, c_last = jax.jit(native.lstm_inference)(xs, mask, w_t, bias, h0, c0)
+    hs_only, c_last = jax.jit(native.lstm_inference)(xs, mask, *resets, w_t, bias, h0, c0)
     np.testing.assert_allclose(hs_only, want[1], atol=2e-6)
     np.testing.assert_allclose(c_last, want[2][:, -1], atol=2e-6)
     # The input products computed before the loop (as for a batch that runs on one thread).
     projections, w_hh_t = (xs @ w_ih.T).astype(np.float32), w_hh.T.copy()
     forward = jax.jit(native.lstm_forward, static_argnames="projected")
-    _, hs_projected, cs_projected = forward(projections, mask, w_hh_t, bias, h0, c0, projected=True)
+    _, hs_projected, cs_projected = forward(projections, mask, *resets, w_hh_t, bias, h0, c0, projected=True)
     np.testing.assert_allclose(hs_projected, want[1], atol=2e-6)
     np.testing.assert_allclose(cs_projected, want[2], atol=2e-6)
     inference = jax.jit(native.lstm_inference, static_argnames="projected")
-    np.testing.assert_allclose(inference(projections, mask, w_hh_t, bias, h0, c0, projected=True)[0], want[1],
-                               atol=2e-6)
+    np.testing.assert_allclose(inference(projections, mask, *resets, w_hh_t, bias, h0, c0, projected=True)[0],
+                               want[1], atol=2e-6)
 
     rng = np.random.default_rng(1)
     dys = rng.normal(size=(batch, length, hidden)).astype(np.float32)
     dh_last, dc_last = (rng.normal(size=(batch, hidden)).astype(np.float32) for _ in range(2))
 
-    def loss(p, h0, c0):  # the same equations in jnp, differentiated by JAX
+    def loss(p, h0, c0, h_reset, c_reset):  # the same equations in jnp, differentiated by JAX
         def step(carry, inputs):
             h, c = carry
-            pt, valid = inputs
-            z = pt + bias + h @ w_hh.T
+            pt, valid, start = inputs
+            h_before = jnp.where(start[:, None] > 0, h_reset, h)
+            c_before = jnp.where(start[:, None] > 0, c_reset, c)
+            z = pt + bias + h_before @ w_hh.T
             i, f = jax.nn.sigmoid(z[:, :hidden]), jax.nn.sigmoid(z[:, hidden:2 * hidden])
             g, o = jnp.tanh(z[:, 2 * hidden:3 * hidden]), jax.nn.sigmoid(z[:, 3 * hidden:])
-            c = jnp.where(valid[:, None] > 0, f * c + i * g, c)
+            c = jnp.where(valid[:, None] > 0, f * c_before + i * g, c)
             h = jnp.where(valid[:, None] > 0, o * jnp.tanh(c), h)
             return (h, c), h
 
-        (h, c), ys = jax.lax.scan(step, (h0, c0), (jnp.swapaxes(p, 0, 1), mask.T))
+        (h, c), ys = jax.lax.scan(step, (h0, c0), (jnp.swapaxes(p, 0, 1), mask.T, starts.T))
         return jnp.sum(jnp.swapaxes(ys, 0, 1) * dys) + jnp.sum(h * dh_last) + jnp.sum(c * dc_last)
 
-    dp, dh0, dc0 = jax.grad(loss, argnums=(0, 1, 2))(p.astype(np.float32), h0, c0)
-    got = jax.jit(native.lstm_backward)(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
-    for g, expected in zip(got, (dp, dh0, dc0, jnp.sum(dp, axis=1))):
+    dp, dh0, dc0, dh_reset, dc_reset = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(p.astype(np.float32), h0, c0, h_reset,
+                                                                              c_reset)
+    got = jax.jit(native.lstm_backward)(gates, cs, dys, mask, starts, c_reset, dh_last, dc_last, c0, w_hh)
+    want_grads = (dp, dh0, dc0, jnp.sum(dp, axis=1), dh_reset, dc_reset)
+    assert len(got) == len(want_grads)
+    for g, expected in zip(got, want_grads):
         np.testing.assert_allclose(g, expected, atol=5e-6)
 
 
@@ -124,11 +135,16 @@ def test_the_layer_on_native_loops_equals_the_plain_scan(reverse):
     cell, xs = layer_and_inputs()
     h0 = (0.3 * jnp.ones(16), -0.2 * jnp.ones(16))
     mask = jax.random.bernoulli(jax.random.key(3), 0.7, xs.shape[:2]).at[:, -1].set(False)
+    starts = jax.random.bernoulli(jax.random.key(4), 0.25, xs.shape[:2])
 
     def loss(cell, xs):
         ys, (h, c) = jax.vmap(lambda x: recurrax.scan(cell, x, h0, reverse=reverse))(xs)
         masked, (hm, cm) = jax.vmap(lambda x, m: recurrax.scan(cell, x, h0, mask=m, reverse=reverse))(xs, mask)
-        return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c) + jnp.sum(jnp.cos(masked)) + jnp.sum(hm * cm)
+        h_reset = (jnp.tanh(cell.bias[:16]), jnp.sin(cell.bias[16:32]))  # their gradients reach the bias
+        packed, (hp, cp) = jax.vmap(lambda x, s, m: recurrax.scan(cell, x, h0, starts=s, mask=m, reverse=reverse,
+                                                                   reset_state=h_reset))(xs, starts, mask)
+        return (jnp.sum(jnp.sin(ys)) + jnp.sum(h * c) + jnp.sum(jnp.cos(masked)) + jnp.sum(hm * cm)
+                + jnp.sum(jnp.cos(packed)) + jnp.sum(hp * cp))
 
     assert_native_equals_plain(loss, cell, xs, loops=LOOPS)
 
@@ -185,7 +201,7 @@ def test_what_the_native_loops_leave_to_xla():
     assert runs_native(layer, cell, xs)
     with recurrax.native.disabled():
         assert not runs_native(layer, cell, xs)
-    assert not runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s), cell, xs, flags)
+    assert runs_native(lambda c, x, s: jax.vmap(lambda x, s: recurrax.scan(c, x, starts=s)[0])(x, s), cell, xs, flags)
     narrow = recurrax.LSTM(5, 12, key=jax.random.key(0))  # hidden size not a multiple of 16
     assert not runs_native(layer, narrow, xs)
     class MyLSTM(recurrax.LSTM):  # a subclass may change step

@@ -45,7 +45,7 @@ sg = jax.lax.stop_gradient
 NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
 # The native loops that take episode starts (``starts``: the state reset to ``h_reset`` before a
 # step); the others' cells run XLA's fused loops where a sequence has starts.
-LOOPS_WITH_RESETS = frozenset({"gru", "elman", "forget_gate", "linear"})
+LOOPS_WITH_RESETS = frozenset({"lstm", "gru", "elman", "forget_gate", "linear"})
 
 
 def _native_allowed(loops: str, arrays) -> bool:
@@ -180,7 +180,7 @@ def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = 
     known (:func:`_one_thread`)."""
     steps = _steps(mask, xs.shape[0])
     if type(cell) is LSTM:
-        states, final = _lstm_piece(cell, xs, h0, steps, batch)
+        states, final = _lstm_piece(cell, xs, h0, h_reset, starts, steps, batch)
     elif type(cell) is GRU:
         states, final = _gru_piece(cell, xs, h0, h_reset, starts, steps, batch)
     elif type(cell) is Elman:
@@ -194,37 +194,42 @@ def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = 
 
 @functools.lru_cache(maxsize=None)
 def _lstm_calls(projected: bool):
-    per_batch = (True, True, False, False, True, True)
+    per_batch = (True, True, True, True, True, False, False, True, True)
     return (_batched_call(functools.partial(native.lstm_forward, projected=projected), per_batch),
             _batched_call(functools.partial(native.lstm_inference, projected=projected), per_batch))
 
 
-_lstm_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, True, False))
+_lstm_backward = _batched_call(native.lstm_backward, (True, True, True, True, True, True, True, True, True, False))
 
 
-def _lstm_piece(cell: LSTM, xs, h0, steps, batch):
+def _lstm_piece(cell: LSTM, xs, h0, h_reset, starts, steps, batch):
     frozen = sg(cell)
     h_first, c_first = sg(h0)
+    begins = _starts(starts, xs.shape[0])
+    h_again, c_again = sg(h_reset)
     projected = _one_thread(batch)
     forward, inference = _lstm_calls(projected)
+    resets = (begins, h_again, c_again)
     if projected:  # the input products in XLA, over every core
-        loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, frozen.weight_hh.T, frozen.bias, h_first, c_first)
+        loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, *resets, frozen.weight_hh.T, frozen.bias, h_first, c_first)
     else:
         w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
-        loop_inputs = (sg(xs), steps, w_t, frozen.bias, h_first, c_first)
+        loop_inputs = (sg(xs), steps, *resets, w_t, frozen.bias, h_first, c_first)
     gates, hs, cs = forward(*loop_inputs)
     hs_inference, c_last = inference(*loop_inputs)
     projections = xs @ cell.weight_ih.T  # carriers: their values are never used
-    carriers = (_previous(h_first, hs) @ cell.weight_hh.T,)
-    return _attach(_lstm_vjp, (projections, cell.bias, carriers, h0), (c_first, steps, gates, cs, frozen.weight_hh),
+    carriers = (_previous(h_first, hs, starts, h_again) @ cell.weight_hh.T,)
+    saved = (c_first, steps, begins, c_again, gates, cs, frozen.weight_hh)
+    return _attach(_lstm_vjp, (projections, cell.bias, carriers, h0, h_reset), saved,
                    (hs, (hs[-1], cs[-1])), (hs_inference, (hs_inference[-1], c_last)))
 
 
 def _lstm_vjp(saved, cts):
-    c_first, steps, gates, cs, w_hh = saved
+    c_first, steps, begins, c_again, gates, cs, w_hh = saved
     dys, (dh_last, dc_last) = cts
-    dz, dh0, dc0, db = _lstm_backward(gates, cs, dys, steps, dh_last, dc_last, c_first, w_hh)
-    return dz, db, (dz,), (dh0, dc0)
+    dz, dh0, dc0, db, dh_reset, dc_reset = _lstm_backward(gates, cs, dys, steps, begins, c_again, dh_last, dc_last,
+                                                          c_first, w_hh)
+    return dz, db, (dz,), (dh0, dc0), (dh_reset, dc_reset)
 
 
 # --- GRU ----------------------------------------------------------------------------------------

@@ -228,9 +228,11 @@ def _call(loops: str, target: str, outputs, *args, **attributes):
 # --- LSTM -------------------------------------------------------------------------------------
 
 
-def lstm_forward(xs, mask, w_t, bias, h0, c0, projected=False):
+def lstm_forward(xs, mask, starts, h_reset, c_reset, w_t, bias, h0, c0, projected=False):
     """The LSTM's forward loop over a batch: ``xs`` (B, T, I) the inputs, ``mask`` (B, T) float32
-    (1: the step runs; 0: the state stays as it is), ``w_t`` (I + H, 4H) the
+    (1: the step runs; 0: the state stays as it is), ``starts`` (B, T) float32 (1: the step starts
+    an episode: unless masked, it reads ``h_reset`` and ``c_reset`` (B, H) instead of the state
+    before it), ``w_t`` (I + H, 4H) the
     input and recurrent matrices transposed and stacked, ``[W_ihᵀ; W_hhᵀ]``, ``bias`` (4H), ``h0``,
     ``c0`` (B, H); float32, H a multiple of 16. With ``projected``, ``xs`` (B, T, 4H) holds the
     input products ``W_ih x_t`` already and ``w_t`` (H, 4H) is ``W_hhᵀ``. Returns the gate
@@ -239,30 +241,33 @@ def lstm_forward(xs, mask, w_t, bias, h0, c0, projected=False):
     (batch, length, _), width = xs.shape, w_t.shape[1]
     hidden = width // 4
     outputs = ((batch, length, width), (batch, length, hidden), (batch, length, hidden))
-    return _call("lstm", "recurrax_lstm_forward", outputs, xs, mask, w_t, bias, h0, c0,
+    return _call("lstm", "recurrax_lstm_forward", outputs, xs, mask, starts, h_reset, c_reset, w_t, bias, h0, c0,
                  projected=np.int32(projected))
 
 
-def lstm_inference(xs, mask, w_t, bias, h0, c0, projected=False):
+def lstm_inference(xs, mask, starts, h_reset, c_reset, w_t, bias, h0, c0, projected=False):
     """:func:`lstm_forward` for a call that is not differentiated: the states h after each step
     (B, T, H) and the last cell state (B, H) only (the gates stay in a buffer of each thread's
     rows)."""
     (batch, length, _), hidden = xs.shape, w_t.shape[1] // 4
     return _call("lstm", "recurrax_lstm_inference", ((batch, length, hidden), (batch, hidden)),
-                 xs, mask, w_t, bias, h0, c0, projected=np.int32(projected))
+                 xs, mask, starts, h_reset, c_reset, w_t, bias, h0, c0, projected=np.int32(projected))
 
 
-def lstm_backward(gates, cs, dys, mask, dh_last, dc_last, c0, w_hh):
+def lstm_backward(gates, cs, dys, mask, starts, c_reset, dh_last, dc_last, c0, w_hh):
     """The LSTM's backward loop over a batch, from the last step to the first: ``gates`` and ``cs``
-    from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the states h, ``mask`` as there
-    (a masked step passes the state's gradients on), ``dh_last``,
-    ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as the cell stores
-    it. Returns the gradients of the pre-activations (B, T, 4H), of the initial state (h0, c0) and
-    the sum of each sequence's pre-activation gradients over its steps (B, 4H: the bias's)."""
+    from :func:`lstm_forward`, ``dys`` (B, T, H) the gradients of the states h, ``mask``,
+    ``starts`` and ``c_reset`` as there (a masked step passes the state's gradients on),
+    ``dh_last``, ``dc_last`` (B, H) those of the final state, ``c0`` (B, H), ``w_hh`` (4H, H) as
+    the cell stores it. Returns the gradients of the pre-activations (B, T, 4H), of the initial
+    state (h0, c0), the sum of each sequence's pre-activation gradients over its steps (B, 4H: the
+    bias's) and the gradients of the reset state (h_reset, c_reset)."""
     batch, length, width = gates.shape
     hidden = width // 4
-    outputs = ((batch, length, width), (batch, hidden), (batch, hidden), (batch, width))
-    return _call("lstm", "recurrax_lstm_backward", outputs, gates, cs, dys, mask, dh_last, dc_last, c0, w_hh)
+    outputs = ((batch, length, width), (batch, hidden), (batch, hidden), (batch, width), (batch, hidden),
+               (batch, hidden))
+    return _call("lstm", "recurrax_lstm_backward", outputs, gates, cs, dys, mask, starts, c_reset, dh_last, dc_last,
+                 c0, w_hh)
 
 
 # --- GRU --------------------------------------------------------------------------------------
