@@ -86,7 +86,7 @@ def main(argv=None) -> None:
 
         step = jax.value_and_grad(lambda layer, xs: forward(layer, xs).sum()) if args.mode == "train" else forward
         # The library's count: one piece where the native loops run (recurrax.native), else time_pieces'.
-        native = recurrax.fused.runs_native(cell, xs[0], cell.init_state(), None, None)
+        native = recurrax.fused.runs_native(cell, xs[0], cell.init_state())
         chosen = 1 if native else recurrax.fused.time_pieces(cell, args.batch, args.length)
         counts = sorted(set(args.pieces) | {chosen})
         compiled = {}

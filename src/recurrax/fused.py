@@ -32,8 +32,7 @@ What differs from differentiating the plain loop:
   (where XLA spreads them over the cores): ``dW_hh = dZᵀ H_prev``, ``dW_ih = dZᵀ X``,
   ``db = Σ dZ`` and ``dX = dZ W_ih``.
 * **Native loops.** On a CPU an LSTM, GRU, Elman network, ForgetElman or MGU in float32 (hidden
-  size a multiple of 16; with ``starts`` where its loops take them,
-  :data:`~recurrax.fused_native.LOOPS_WITH_RESETS`) runs both loops as native code (:mod:`recurrax.fused_native`,
+  size a multiple of 16) runs both loops as native code (:mod:`recurrax.fused_native`,
   :mod:`recurrax.native`, where it can be built): each thread takes its own sequences of the
   batch through every step, so the steps use every core, which XLA's loops cannot
   (:func:`runs_native`). The weight-gradient products stay in XLA, as below.
@@ -920,7 +919,7 @@ def fused_scan(cell: Cell, xs, h0, h_reset, starts, mask, unroll: int = 1, batch
     if rule is None:
         raise ValueError(f"{type(cell).__name__} has no fused scan; use fused=False")
     length = xs.shape[0]
-    native_loops = runs_native(cell, xs, h0, starts, mask)
+    native_loops = runs_native(cell, xs, h0)
 
     if native_loops and batch is None:
         batch = mapped_batch_size(xs)

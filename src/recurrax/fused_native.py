@@ -6,9 +6,8 @@ own sequences and run them through every step. :func:`recurrax.fused.fused_scan`
 a sequence to :func:`native_piece` where :func:`runs_native` says so: an
 :class:`~recurrax.LSTM`, :class:`~recurrax.GRU`, :class:`~recurrax.Elman`,
 :class:`~recurrax.ForgetElman` or :class:`~recurrax.MGU` (not subclasses) in float32 with a hidden
-size that is a multiple of 16, on a CPU, without ``starts`` unless its loops take them
-(:data:`LOOPS_WITH_RESETS`), its weights shared by the batch, where the native code is built and
-not switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
+size that is a multiple of 16, on a CPU, its weights shared by the batch, where the native code
+is built and not switched off. :func:`recurrax.scan` runs a :class:`~recurrax.LinearRecurrence` in sequential mode
 through :func:`linear_scan` where :func:`runs_native_linear` says so.
 
 What stays in XLA, as on the rest of the fused path: the input projections' gradients and the
@@ -20,7 +19,8 @@ exact. The forward loop also takes the input products, one product a step ``[x_t
 multiplies the recurrent part alone), except where the batch runs on one thread
 (:func:`_one_thread`): the loops then read them from one product over all steps. The biases'
 gradients are summed per sequence in the backward loop. A masked step keeps the state (in the
-loops) and outputs zeros (here). First-order reverse-mode derivatives only, as for every fused scan.
+loops) and outputs zeros (here); a step that starts an episode (``starts``) reads the reset state
+instead of the state before it, and the backward loop returns the reset state's gradient. First-order reverse-mode derivatives only, as for every fused scan.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ from .cells.mgu import MGU
 sg = jax.lax.stop_gradient
 
 NATIVE_LOOPS = {LSTM: "lstm", GRU: "gru", Elman: "elman", ForgetElman: "forget_gate", MGU: "forget_gate"}
-# The native loops that take episode starts (``starts``: the state reset to ``h_reset`` before a
-# step); the others' cells run XLA's fused loops where a sequence has starts.
-LOOPS_WITH_RESETS = frozenset({"lstm", "gru", "elman", "forget_gate", "linear"})
 
 
 def _native_allowed(loops: str, arrays) -> bool:
@@ -67,17 +64,15 @@ def _parameters(cell: Cell):
     return [leaf for leaf in jax.tree_util.tree_leaves(cell) if isinstance(leaf, jax.Array)]
 
 
-def runs_native(cell: Cell, xs, h0, starts, mask) -> bool:
+def runs_native(cell: Cell, xs, h0) -> bool:
     """Whether the fused scan of ``cell`` over ``xs`` runs native loops instead of XLA's: one of
     :data:`NATIVE_LOOPS`' cells (not a subclass; an Elman network's activation one of
     :data:`recurrax.native.ACTIVATIONS`) in float32 with a hidden size that is a multiple of 16, on a
-    CPU, without ``starts`` unless its loops take them (:data:`LOOPS_WITH_RESETS`), its weights
-    shared by the batch (not an ensemble under
+    CPU, its weights shared by the batch (not an ensemble under
     ``jax.vmap``), where the native code is built (:func:`recurrax.native.available`) and not
     switched off (:func:`recurrax.native.disabled`)."""
-    del mask
     loops = NATIVE_LOOPS.get(type(cell))
-    if loops is None or (starts is not None and loops not in LOOPS_WITH_RESETS) or cell.hidden_size % 16 != 0:
+    if loops is None or cell.hidden_size % 16 != 0:
         return False
     if getattr(cell, "activation", "tanh") not in native.ACTIVATIONS:
         return False
@@ -166,7 +161,7 @@ def _starts(starts, length: int):
     return jnp.zeros((length,), jnp.float32) if starts is None else starts.astype(jnp.float32)
 
 
-def _previous(h_first, hs, starts=None, h_reset=None):
+def _previous(h_first, hs, starts, h_reset):
     """The states before each step: (h0, h_0, ..., h_{T-2}), ``h_reset`` at the ``starts``."""
     previous = jnp.concatenate([h_first[None], hs[:-1]])
     return previous if starts is None else jnp.where(starts[:, None], h_reset, previous)
@@ -174,9 +169,8 @@ def _previous(h_first, hs, starts=None, h_reset=None):
 
 def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = None):
     """``(ys, final_state)`` of ``cell`` over ``xs`` (T, input_size) on its native loops
-    (:func:`runs_native` must hold: ``starts`` None unless the cell's loops are among
-    :data:`LOOPS_WITH_RESETS`); a start resets the state to ``h_reset`` before its step, masked
-    steps output zeros. ``batch``: the number of sequences ``jax.vmap`` maps the call over, where
+    (:func:`runs_native` must hold); a start resets the state to ``h_reset`` before its step (unless
+    the step is masked), masked steps output zeros. ``batch``: the number of sequences ``jax.vmap`` maps the call over, where
     known (:func:`_one_thread`)."""
     steps = _steps(mask, xs.shape[0])
     if type(cell) is LSTM:
