@@ -20,7 +20,8 @@ multiplies the recurrent part alone), except where the batch runs on one thread
 (:func:`_one_thread`): the loops then read them from one product over all steps. The biases'
 gradients are summed per sequence in the backward loop. A masked step keeps the state (in the
 loops) and outputs zeros (here); a step that starts an episode (``starts``) reads the reset state
-instead of the state before it, and the backward loop returns the reset state's gradient. First-order reverse-mode derivatives only, as for every fused scan.
+instead of the state before it, and the backward loop returns the reset state's gradient.
+First-order reverse-mode derivatives only, as for every fused scan.
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def _previous(h_first, hs, starts, h_reset):
 def native_piece(cell: Cell, xs, h0, h_reset, starts, mask, batch: int | None = None):
     """``(ys, final_state)`` of ``cell`` over ``xs`` (T, input_size) on its native loops
     (:func:`runs_native` must hold); a start resets the state to ``h_reset`` before its step (unless
-    the step is masked), masked steps output zeros. ``batch``: the number of sequences ``jax.vmap`` maps the call over, where
-    known (:func:`_one_thread`)."""
+    the step is masked), masked steps output zeros. ``batch``: the number of sequences ``jax.vmap``
+    maps the call over, where known (:func:`_one_thread`)."""
     steps = _steps(mask, xs.shape[0])
     if type(cell) is LSTM:
         states, final = _lstm_piece(cell, xs, h0, h_reset, starts, steps, batch)
@@ -200,10 +201,10 @@ def _lstm_piece(cell: LSTM, xs, h0, h_reset, starts, steps, batch):
     frozen = sg(cell)
     h_first, c_first = sg(h0)
     begins = _starts(starts, xs.shape[0])
-    h_again, c_again = sg(h_reset)
+    reset_h, reset_c = sg(h_reset)
     projected = _one_thread(batch)
     forward, inference = _lstm_calls(projected)
-    resets = (begins, h_again, c_again)
+    resets = (begins, reset_h, reset_c)
     if projected:  # the input products in XLA, over every core
         loop_inputs = (sg(xs) @ frozen.weight_ih.T, steps, *resets, frozen.weight_hh.T, frozen.bias, h_first, c_first)
     else:
@@ -212,16 +213,16 @@ def _lstm_piece(cell: LSTM, xs, h0, h_reset, starts, steps, batch):
     gates, hs, cs = forward(*loop_inputs)
     hs_inference, c_last = inference(*loop_inputs)
     projections = xs @ cell.weight_ih.T  # carriers: their values are never used
-    carriers = (_previous(h_first, hs, starts, h_again) @ cell.weight_hh.T,)
-    saved = (c_first, steps, begins, c_again, gates, cs, frozen.weight_hh)
+    carriers = (_previous(h_first, hs, starts, reset_h) @ cell.weight_hh.T,)
+    saved = (c_first, steps, begins, reset_c, gates, cs, frozen.weight_hh)
     return _attach(_lstm_vjp, (projections, cell.bias, carriers, h0, h_reset), saved,
                    (hs, (hs[-1], cs[-1])), (hs_inference, (hs_inference[-1], c_last)))
 
 
 def _lstm_vjp(saved, cts):
-    c_first, steps, begins, c_again, gates, cs, w_hh = saved
+    c_first, steps, begins, reset_c, gates, cs, w_hh = saved
     dys, (dh_last, dc_last) = cts
-    dz, dh0, dc0, db, dh_reset, dc_reset = _lstm_backward(gates, cs, dys, steps, begins, c_again, dh_last, dc_last,
+    dz, dh0, dc0, db, dh_reset, dc_reset = _lstm_backward(gates, cs, dys, steps, begins, reset_c, dh_last, dc_last,
                                                           c_first, w_hh)
     return dz, db, (dz,), (dh0, dc0), (dh_reset, dc_reset)
 
@@ -255,8 +256,9 @@ def _gru_piece(cell: GRU, xs, h0, h_reset, starts, steps, batch):
     w_hh_rz, w_hn = jnp.split(cell.weight_hh, [cut])
     h_prev = _previous(h_first, hs, starts, resets[1])
     carriers = ((xs @ w_ih_rz.T, xs @ w_in.T), (h_prev @ w_hh_rz.T, h_prev @ w_hn.T))
-    return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0, h_reset),
-                   (hs, gates, steps, resets, h_first, frozen.weight_hh), (hs, hs[-1]), (hs_inference, hs_inference[-1]))
+    saved = (hs, gates, steps, resets, h_first, frozen.weight_hh)
+    return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0, h_reset), saved, (hs, hs[-1]),
+                   (hs_inference, hs_inference[-1]))
 
 
 def _gru_vjp(saved, cts):
