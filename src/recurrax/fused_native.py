@@ -244,10 +244,12 @@ def _gru_piece(cell: GRU, xs, h0, h_reset, starts, steps, batch):
     h_first = sg(h0)
     projected = _one_thread(batch)
     forward, inference = _gru_calls(projected)
-    inputs = sg(xs) @ frozen.weight_ih.T if projected else sg(xs)  # the input products in XLA, over every core
+    if projected:  # the input products in XLA, over every core; the loops then read no W_ihᵀ
+        inputs, w_ih_t = sg(xs) @ frozen.weight_ih.T, jnp.zeros((0, 3 * cell.hidden_size), xs.dtype)
+    else:
+        inputs, w_ih_t = sg(xs), frozen.weight_ih.T
     resets = (_starts(starts, xs.shape[0]), sg(h_reset))
-    loop_inputs = (inputs, steps, *resets, frozen.weight_ih.T, frozen.weight_hh.T, frozen.bias, frozen.bias_hn,
-                   h_first)
+    loop_inputs = (inputs, steps, *resets, w_ih_t, frozen.weight_hh.T, frozen.bias, frozen.bias_hn, h_first)
     hs, gates = forward(*loop_inputs)
     (hs_inference,) = inference(*loop_inputs)
     # Carriers, one product per block of gates (r and z; n), as on XLA's loops.

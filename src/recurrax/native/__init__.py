@@ -279,7 +279,7 @@ def gru_forward(xs, mask, starts, h_reset, w_ih_t, w_hh_t, bias, bias_hn, h0, in
     ``w_ih_t`` (I, 3H) and ``w_hh_t`` (H, 3H) the matrices transposed (gates
     r, z, n), ``bias`` (3H), ``bias_hn`` (H), ``h0`` (B, H); float32, H a multiple of 16. With
     ``projected``, ``xs`` (B, T, 3H) holds the input products ``W_ih x_t`` already (``w_ih_t`` is
-    not read). Returns the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and
+    not read: it may have no rows, (0, 3H)). Returns the states after each step (B, T, H) and the gates (B, T, 4H): r, z, n and
     the recurrent n-part W_hn h + b_hn; with ``inference`` the states alone (a tuple of one)."""
     (batch, length, _), hidden = xs.shape, w_hh_t.shape[0]
     outputs = ((batch, length, hidden),) if inference else ((batch, length, hidden), (batch, length, 4 * hidden))
