@@ -4,9 +4,9 @@ On a processor with AVX-512 the loops' products use 16-number vectors; on one wi
 only, 8-number vectors in blocks of at most six rows (loops.h). This machine's own build is
 tested by test_native.py and test_native_cells.py; here a second Python process builds the loops
 with ``RECURRAX_NATIVE_FLAGS=-mno-avx512f`` (the AVX2 code on a processor that has AVX-512 too)
-and checks each cell's layer, outputs and gradients, against the plain scan: a batch of five (one
-thread, the loops then reading their input products from a product over all steps) and of
-sixteen (two threads of eight rows: a block of six and one of two).
+and checks each cell's layer (with episode starts), outputs and gradients, against the plain
+scan: a batch of five (one thread, the loops then reading their input products from a product over
+all steps) and of sixteen (two threads of eight rows: a block of six and one of two).
 """
 
 import os
@@ -35,7 +35,8 @@ for cell_class, library, forward_loop in cells:
     cell = cell_class(24, 32, key=jax.random.key(0))
     for batch in (5, 16):
         xs = jax.random.normal(jax.random.key(batch), (batch, 7, 24))
-        layer = lambda c, x: jax.vmap(lambda s: recurrax.scan(c, s)[0])(x)
+        starts = jax.random.bernoulli(jax.random.key(batch + 1), 0.3, (batch, 7))  # packed episodes
+        layer = lambda c, x: jax.vmap(lambda s, b: recurrax.scan(c, s, starts=b)[0])(x, starts)
         assert_close(*native_and_plain(layer, cell, xs))
         assert_native_equals_plain(lambda c, x: jnp.sum(layer(c, x) ** 2), cell, xs, loops=(forward_loop,))
 print("checked")
