@@ -7,7 +7,7 @@
 //   dh += dy_t;   dz_t = dh * sigma'(z_t) (from h_t);   dh <- dz_t W_hh
 // dz_t is written out (the weight gradients come from products over all steps, in XLA), and its
 // sum over each sequence's steps (the bias's gradient). A masked step keeps h and outputs it as
-// it is; backward it passes dh on, with dz_t = 0. A step that starts an episode (loops.h: starts)
+// it is; backward it passes dh on, with dz_t = 0. A step that starts an episode (loops.h: Resets)
 // reads the reset state instead of h_{t-1}; backward, the gradient it passes back goes to the
 // reset state's.
 
@@ -50,7 +50,7 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
     return ffi::Error::InvalidArgument("elman_forward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("elman_forward: unknown activation");
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("elman_forward: starts must be (B, T) and h_reset (B, H)");
   const float* valid = mask.typed_data();
   const float* b = bias.typed_data();
@@ -71,7 +71,7 @@ ffi::Error ElmanForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask
         if (!projected) std::memcpy(xh.data() + r * joint, x, inputs * sizeof(float));
         if (t + 1 < length) prefetch(x + inputs, inputs);
         const int64_t seq = first + r;
-        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, xh.data() + r * joint + x_width);
+        if (resets.at(seq, t)) resets.restore(seq, xh.data() + r * joint + x_width);
       }
       const float* projections = projected ? x_in + (first * length + t) * hidden : nullptr;
       matrix_product(rows, xh.data(), joint, w, projections, length * hidden, b, z.data(), hidden);
@@ -110,10 +110,8 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
     return ffi::Error::InvalidArgument("elman_backward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("elman_backward: unknown activation");
-  if (starts.element_count() != static_cast<size_t>(batch * length)) {
-    return ffi::Error::InvalidArgument("elman_backward: starts must be (B, T)");
-  }
-  const float* begins = starts.typed_data();
+  const Resets resets(starts, mask, batch, length, hidden);
+  if (!resets.fits) return ffi::Error::InvalidArgument("elman_backward: starts must be (B, T)");
   float* d_reset_out = d_reset->typed_data();
   const float* h_in = hs.typed_data();
   const float* dy = dys.typed_data();
@@ -123,7 +121,7 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
   float* dh_out = dh0->typed_data();
   float* db_out = db->typed_data();
   const Panels w(w_hh.typed_data(), hidden, hidden);
-  over_rows(batch, [=, &w](int64_t first, int64_t rows) {
+  over_rows(batch, [=, &w, &resets](int64_t first, int64_t rows) {
     if (rows == 0) return;
     std::vector<float> dh(dh_end + first * hidden, dh_end + (first + rows) * hidden);
     std::vector<float> passed(rows * hidden);  // dh + dy on a masked step's row, 0 on the others
@@ -155,12 +153,7 @@ ffi::Error ElmanBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dys
       }
       // dh <- dz_t W_hh, plus what a masked step's row passes on.
       matrix_product(rows, dzt, stride, w, passed.data(), hidden, nullptr, dh.data(), hidden);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t seq = first + r;
-        if (begins[seq * length + t] != 0.0f && valid[seq * length + t] != 0.0f) {
-          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
-        }
-      }
+      resets.pass_back(first, rows, t, dh.data(), reset_sum.data());
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * hidden, bias_sum.data(), rows * hidden * sizeof(float));

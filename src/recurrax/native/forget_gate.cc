@@ -67,7 +67,7 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
     return ffi::Error::InvalidArgument("forget_gate_forward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("forget_gate_forward: unknown activation");
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) {
     return ffi::Error::InvalidArgument("forget_gate_forward: starts must be (B, T) and h_reset (B, H)");
   }
@@ -102,7 +102,7 @@ ffi::Error forward_loop(bool mgu, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32
           if (candidates_out) prefetch_for_writing(candidates_out + next, hidden);
         }
         const int64_t seq = first + r;
-        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, xh.data() + r * joint + x_width);
+        if (resets.at(seq, t)) resets.restore(seq, xh.data() + r * joint + x_width);
       }
       matrix_product(rows, xh.data(), joint, wf, products, length * inputs, b, f.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
@@ -169,7 +169,7 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
     return ffi::Error::InvalidArgument("forget_gate_backward: mask must be (B, T)");
   }
   if (!known_activation(activation)) return ffi::Error::InvalidArgument("forget_gate_backward: unknown activation");
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) {
     return ffi::Error::InvalidArgument("forget_gate_backward: starts must be (B, T) and h_reset (B, H)");
   }
@@ -259,12 +259,7 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
       }
       // dh <- direct + dzf_t W_fh
       matrix_product(rows, dzft, stride, pf, direct.data(), hidden, nullptr, dh.data(), hidden);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t seq = first + r;
-        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) {
-          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
-        }
-      }
+      resets.pass_back(first, rows, t, dh.data(), reset_sum.data());
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * 2 * hidden, bias_sum.data(), rows * 2 * hidden * sizeof(float));

@@ -58,7 +58,7 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("gru_forward: mask must be (B, T)");
   }
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("gru_forward: starts must be (B, T) and h_reset (B, H)");
   const float* valid = mask.typed_data();
   const float* x_in = xs.typed_data();
@@ -88,7 +88,7 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
           if (gates_out) prefetch_for_writing(gates_out + next * 4 * hidden, 4 * hidden);
         }
         const int64_t seq = first + r;
-        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) resets.restore(seq, h.data() + r * hidden);
+        if (resets.at(seq, t)) resets.restore(seq, h.data() + r * hidden);
       }
       if (!projected) matrix_product(rows, x.data(), inputs, w_ih, nullptr, 0, b, p.data(), width);
       matrix_product(rows, h.data(), hidden, w_hh, nullptr, 0, b_hh, g.data(), width);
@@ -158,7 +158,7 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
       gates.element_count() != static_cast<size_t>(batch * length * 4 * hidden)) {
     return ffi::Error::InvalidArgument("gru_backward: mask must be (B, T) and gates (B, T, 4H)");
   }
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("gru_backward: starts must be (B, T) and h_reset (B, H)");
   float* d_reset_out = d_reset->typed_data();
   const float* h_all = hs.typed_data();
@@ -235,12 +235,7 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
       }
       // dh <- direct + [dr, dz, dg_n] W_hh
       matrix_product(rows, dg.data(), width, w, direct.data(), hidden, nullptr, dh.data(), hidden);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t seq = first + r;
-        if (resets.at(seq, t) && valid[seq * length + t] != 0.0f) {
-          pass_to_reset(dh.data() + r * hidden, reset_sum.data() + r * hidden, hidden);
-        }
-      }
+      resets.pass_back(first, rows, t, dh.data(), reset_sum.data());
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(db_out + first * width, bias_sum.data(), rows * width * sizeof(float));

@@ -38,7 +38,7 @@ ffi::Error LinearForwardImpl(ffi::Buffer<ffi::F32> ps, ffi::Buffer<ffi::F32> mas
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("linear_forward: mask must be (B, T)");
   }
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("linear_forward: starts must be (B, T) and h_reset (B, H)");
   const float* p = ps.typed_data();
   const float* valid = mask.typed_data();
@@ -90,7 +90,7 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
   if (gamma.element_count() != static_cast<size_t>(hidden) || mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("linear_backward: gamma must be (H) and mask (B, T)");
   }
-  const Resets resets(starts, h_reset, batch, length, hidden);
+  const Resets resets(starts, mask, h_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("linear_backward: starts must be (B, T) and h_reset (B, H)");
   float* d_reset_out = d_reset->typed_data();
   const float* h_all = hs.typed_data();
@@ -126,7 +126,7 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
         const bool reset = resets.at(seq, t);
         const float* h_prev = reset ? resets.state(seq) : (t > 0 ? h_all + at - hidden : h_first + seq * hidden);
         backward_step(hidden, h_prev, decay, dh.data(), dpt, dg.data(), bias_sum.data());
-        if (reset) pass_to_reset(dh.data(), reset_sum.data(), hidden);
+        if (reset) Resets::pass_to_reset(dh.data(), reset_sum.data(), hidden);
       }
       std::memcpy(dh_out + seq * hidden, dh.data(), hidden * sizeof(float));
       std::memcpy(d_reset_out + seq * hidden, reset_sum.data(), hidden * sizeof(float));

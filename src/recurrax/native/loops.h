@@ -193,34 +193,52 @@ inline void matrix_product(int64_t rows, const float* a, int64_t lda, const Pane
   }
 }
 
-// Episode starts: a step whose start is set (starts (B, T), not 0), unless it is masked, reads the
-// reset state (B, width) instead of the state before it; backward, the gradient that step passes
-// back goes to the reset state's gradient instead (pass_to_reset). The plain scan's semantics
-// (recurrax.scan): a masked step ignores its start.
+// Episode starts: a step whose start is set (starts (B, T), not 0), unless it is masked (mask (B,
+// T), 0: the plain scan's rule, recurrax.scan), reads the reset state (B, width) instead of the
+// state before it; backward, the gradient that step passes back goes to the reset state's gradient
+// instead (pass_back). Made without the states, for a loop that only passes gradients back.
 struct Resets {
   const float* starts;
-  const float* states;
+  const float* valid;
+  const float* states;  // null where made without them
   int64_t length, width;
-  bool fits;  // whether the buffers have those shapes
+  bool fits;  // whether starts (and the states) have those shapes
 
-  Resets(xla::ffi::Buffer<xla::ffi::F32> starts_, xla::ffi::Buffer<xla::ffi::F32> states_, int64_t batch,
+  Resets(xla::ffi::Buffer<xla::ffi::F32> starts_, xla::ffi::Buffer<xla::ffi::F32> mask,
+         xla::ffi::Buffer<xla::ffi::F32> states_, int64_t batch, int64_t length_, int64_t width_)
+      : Resets(starts_, mask, batch, length_, width_) {
+    states = states_.typed_data();
+    fits = fits && states_.element_count() == static_cast<size_t>(batch * width_);
+  }
+
+  Resets(xla::ffi::Buffer<xla::ffi::F32> starts_, xla::ffi::Buffer<xla::ffi::F32> mask, int64_t batch,
          int64_t length_, int64_t width_)
-      : starts(starts_.typed_data()), states(states_.typed_data()), length(length_), width(width_),
-        fits(starts_.element_count() == static_cast<size_t>(batch * length_) &&
-             states_.element_count() == static_cast<size_t>(batch * width_)) {}
+      : starts(starts_.typed_data()), valid(mask.typed_data()), states(nullptr), length(length_), width(width_),
+        fits(starts_.element_count() == static_cast<size_t>(batch * length_)) {}
 
-  bool at(int64_t seq, int64_t t) const { return starts[seq * length + t] != 0.0f; }
+  // Whether step t of sequence seq starts an episode: its start set and the step not masked.
+  bool at(int64_t seq, int64_t t) const {
+    const int64_t i = seq * length + t;
+    return starts[i] != 0.0f && valid[i] != 0.0f;
+  }
   const float* state(int64_t seq) const { return states + seq * width; }
   void restore(int64_t seq, float* into) const { std::memcpy(into, state(seq), width * sizeof(float)); }
-};
 
-// At a start: the gradient dh of the state before the step goes to the reset state's (sum), not on.
-inline void pass_to_reset(float* __restrict dh, float* __restrict sum, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) {
-    sum[k] += dh[k];
-    dh[k] = 0.0f;
+  // For the rows [first, first + rows) whose step t starts an episode: their gradient of the state
+  // before the step (a row of dh, width numbers) goes to the reset state's (the row of sums), not on.
+  void pass_back(int64_t first, int64_t rows, int64_t t, float* dh, float* sums) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (at(first + r, t)) pass_to_reset(dh + r * width, sums + r * width, width);
+    }
   }
-}
+
+  static void pass_to_reset(float* __restrict dh, float* __restrict sum, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) {
+      sum[k] += dh[k];
+      dh[k] = 0.0f;
+    }
+  }
+};
 
 // Asks for the n numbers at p to be brought into the cache ahead of their use: a loop's rows lie
 // a whole sequence apart (T x width numbers), too far for the processor to guess the next one.

@@ -59,7 +59,8 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("lstm_forward: mask must be (B, T)");
   }
-  const Resets h_resets(starts, h_reset, batch, length, hidden), c_resets(starts, c_reset, batch, length, hidden);
+  const Resets h_resets(starts, mask, h_reset, batch, length, hidden);
+  const Resets c_resets(starts, mask, c_reset, batch, length, hidden);
   if (!h_resets.fits || !c_resets.fits) {
     return ffi::Error::InvalidArgument("lstm_forward: starts must be (B, T), h_reset and c_reset (B, H)");
   }
@@ -83,7 +84,7 @@ ffi::Error forward_loop(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> mask, ff
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t seq = first + r;
         if (!projected) std::memcpy(xh.data() + r * joint, x_in + (seq * length + t) * inputs, inputs * sizeof(float));
-        if (h_resets.at(seq, t) && valid[seq * length + t] != 0.0f) {
+        if (h_resets.at(seq, t)) {
           h_resets.restore(seq, xh.data() + r * joint + x_width);
           c_resets.restore(seq, c.data() + r * hidden);
         }
@@ -177,7 +178,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   if (mask.element_count() != static_cast<size_t>(batch * length)) {
     return ffi::Error::InvalidArgument("lstm_backward: mask must be (B, T)");
   }
-  const Resets resets(starts, c_reset, batch, length, hidden);
+  const Resets resets(starts, mask, c_reset, batch, length, hidden);
   if (!resets.fits) return ffi::Error::InvalidArgument("lstm_backward: starts must be (B, T) and c_reset (B, H)");
   float* dh_reset_out = dh_reset->typed_data();
   float* dc_reset_out = dc_reset->typed_data();
@@ -217,20 +218,18 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
           continue;
         }
         backward_gates(hidden, ar, cr, c_prev, dyr, dhr, dcr, dzr);
-        if (resets.at(seq, t)) pass_to_reset(dcr, c_reset_sum.data() + r * hidden, hidden);
+        if (resets.at(seq, t)) Resets::pass_to_reset(dcr, c_reset_sum.data() + r * hidden, hidden);
         float* sum = bias_sum.data() + r * gate_width;
         for (int64_t n = 0; n < gate_width; ++n) sum[n] += dzr[n];
       }
       // dh <- dz_t W_hh for this thread's rows; a masked step's row passes its dh on.
       matrix_product(rows, dzt, gate_stride, w, nullptr, 0, nullptr, dh.data(), hidden);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t seq = first + r;
-        if (valid[seq * length + t] == 0.0f) {
+        if (valid[(first + r) * length + t] == 0.0f) {
           std::memcpy(dh.data() + r * hidden, passed.data() + r * hidden, hidden * sizeof(float));
-        } else if (resets.at(seq, t)) {
-          pass_to_reset(dh.data() + r * hidden, h_reset_sum.data() + r * hidden, hidden);
         }
       }
+      resets.pass_back(first, rows, t, dh.data(), h_reset_sum.data());
     }
     std::memcpy(dh_out + first * hidden, dh.data(), rows * hidden * sizeof(float));
     std::memcpy(dc_out + first * hidden, dc.data(), rows * hidden * sizeof(float));
