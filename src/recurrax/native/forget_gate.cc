@@ -234,9 +234,7 @@ ffi::Error backward_loop(bool mgu, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F3
         }
         const float* fr = f_all + at;
         const int64_t seq = first + r;
-        const float* h_prev = resets.at(seq, t) ? resets.state(seq)
-                              : t > 0           ? h_all + at - hidden
-                                                : h_first + seq * hidden;
+        const float* h_prev = resets.before(seq, t, h_all, h_first);
         if (mgu) {
           const float* nr = candidates + at;
           for (int64_t k = 0; k < hidden; ++k) {

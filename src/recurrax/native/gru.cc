@@ -208,9 +208,7 @@ ffi::Error GruBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> gates
           std::memcpy(dir, dhr, hidden * sizeof(float));
           continue;
         }
-        const float* h_prev = resets.at(seq, t) ? resets.state(seq)
-                              : t > 0           ? h_all + at - hidden
-                                                : h_first + seq * hidden;
+        const float* h_prev = resets.before(seq, t, h_all, h_first);
         float* sum = bias_sum.data() + r * width;
         float* sum_hn = bias_hn_sum.data() + r * hidden;
         for (int64_t k = 0; k < hidden; ++k) {

@@ -123,10 +123,9 @@ ffi::Error LinearBackwardImpl(ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> dy
           std::fill(dpt, dpt + hidden, 0.0f);
           continue;
         }
-        const bool reset = resets.at(seq, t);
-        const float* h_prev = reset ? resets.state(seq) : (t > 0 ? h_all + at - hidden : h_first + seq * hidden);
-        backward_step(hidden, h_prev, decay, dh.data(), dpt, dg.data(), bias_sum.data());
-        if (reset) Resets::pass_to_reset(dh.data(), reset_sum.data(), hidden);
+        backward_step(hidden, resets.before(seq, t, h_all, h_first), decay, dh.data(), dpt, dg.data(),
+                      bias_sum.data());
+        if (resets.at(seq, t)) Resets::pass_to_reset(dh.data(), reset_sum.data(), hidden);
       }
       std::memcpy(dh_out + seq * hidden, dh.data(), hidden * sizeof(float));
       std::memcpy(d_reset_out + seq * hidden, reset_sum.data(), hidden * sizeof(float));

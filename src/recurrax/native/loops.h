@@ -222,6 +222,13 @@ struct Resets {
     return starts[i] != 0.0f && valid[i] != 0.0f;
   }
   const float* state(int64_t seq) const { return states + seq * width; }
+
+  // The state step t of sequence seq reads: the reset state where it starts an episode, else the
+  // row before it in `states` (B, T, width), else (t = 0) the sequence's row in `first` (B, width).
+  const float* before(int64_t seq, int64_t t, const float* all, const float* first) const {
+    if (at(seq, t)) return state(seq);
+    return t > 0 ? all + (seq * length + t - 1) * width : first + seq * width;
+  }
   void restore(int64_t seq, float* into) const { std::memcpy(into, state(seq), width * sizeof(float)); }
 
   // For the rows [first, first + rows) whose step t starts an episode: their gradient of the state

@@ -205,9 +205,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
         const int64_t seq = first + r;
         const float* ar = a_in + seq * gate_stride + t * gate_width;
         const float* cr = c_in + seq * state_stride + t * hidden;
-        const float* c_prev = resets.at(seq, t) ? resets.state(seq)
-                              : t > 0           ? cr - hidden
-                                                : c_first + seq * hidden;
+        const float* c_prev = resets.before(seq, t, c_in, c_first);
         const float* dyr = dy + seq * state_stride + t * hidden;
         float* dhr = dh.data() + r * hidden;
         float* dcr = dc.data() + r * hidden;
