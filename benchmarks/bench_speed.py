@@ -9,6 +9,12 @@ runs the same recurrence over a batch, forward only ("fwd", inference) and forwa
 * ``plain``: the plain jitted ``jax.lax.scan`` a user writes, on (T, B, H) inputs: the input
   projection hoisted (one matrix product over all steps), then a loop of the cell's step written
   out here; gradients by ``jax.value_and_grad``.
+* ``loopless`` (run only when named in ``--contenders``): the plain program less its loop, the
+  hoisted input projections being the outputs. Every contender computes at least this much (the
+  projections, their weights' gradient, the loss), so plain / loopless is the most that any loop,
+  however fast, can gain over the plain scan; for ``LinearRecurrence``, whose step holds no
+  product, it bounds ours / plain from below. Its outputs are not checked (they are the
+  projections, not the states).
 * ``unfused``: recurrax's layer with the fused path switched off (``fused=False``: ``jax.vmap`` of
   the plain ``lax.scan`` of ``cell.step``), i.e. recurrax before :mod:`recurrax.fused`.
 * ``cudnn`` (LSTM on a GPU only, ``--device gpu``): ``jax.experimental.rnn.lstm``, JAX's binding of
@@ -31,6 +37,8 @@ outputs are checked to agree before timing.
     python benchmarks/bench_speed.py                         # LSTM, GRU x B{32,256} x T{200,1000} x H{128,512}
     python benchmarks/bench_speed.py --cells all --batch 32 --length 200 --hidden 128   # every classic cell
     python benchmarks/bench_speed.py --cells lstm --contenders ours,torch --threads 1     # one thread each
+    python benchmarks/bench_speed.py --cells all --batch 32 --length 200 --hidden 128 \
+        --contenders plain,loopless,ours        # what any loop could gain over the plain scan
     python benchmarks/bench_speed.py --csv speed.csv         # also write the rows as CSV
 
 ``--device gpu`` runs every contender on the GPU (torch on CUDA with cuDNN, JAX on its default backend,
@@ -61,9 +69,11 @@ import machine
 
 ALL_CELLS = ["LinearRecurrence", "Elman", "ForgetElman", "MGU", "GRU", "LSTM"]
 TORCH_CELLS = {"Elman": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
-CONTENDERS = ["torch", "plain", "unfused", "cudnn", "ours"]
-CPU_CONTENDERS = ["torch", "plain", "unfused", "ours"]  # cudnn runs on a GPU only
-RATIOS = ["torch", "plain", "unfused", "cudnn"]  # the table's columns ours/<contender>
+CONTENDERS = ["torch", "plain", "loopless", "unfused", "cudnn", "ours"]
+CPU_CONTENDERS = ["torch", "plain", "unfused", "ours"]  # cudnn runs on a GPU only; loopless when named
+RATIOS = ["torch", "plain", "loopless", "unfused", "cudnn"]  # the table's columns ours/<contender>
+UNCHECKED = {"loopless"}  # contenders whose outputs are not the states (not checked against the reference)
+SHOWN_WHERE_RUN = {"loopless", "cudnn"}  # the table's columns of contenders run only when asked for
 MODES = ["fwd", "train"]
 ALIASES = {"linear": "LinearRecurrence", "elman": "Elman", "forget-elman": "ForgetElman", "forgetelman": "ForgetElman",
            "mgu": "MGU", "gru": "GRU", "lstm": "LSTM"}
@@ -159,14 +169,19 @@ def plain_step(name: str):
             "LSTM": lstm}[name]
 
 
+def plain_projections(name: str, q: dict, xs):
+    """The input projections of every step, one product over xs (T, B, F): (T, B, gates x H)."""
+    w_in = q["weight"] if name == "LinearRecurrence" else q["weight_ih"]
+    return xs @ w_in.T + q["bias"]
+
+
 def plain_forward(name: str, q: dict, xs):
     """The plain loop on xs (T, B, F): projection hoisted, then lax.scan of the step."""
     import jax
     import jax.numpy as jnp
 
-    w_in = q["weight"] if name == "LinearRecurrence" else q["weight_ih"]
-    ps = xs @ w_in.T + q["bias"]
-    hidden = w_in.shape[0] if name == "LinearRecurrence" else q["weight_hh"].shape[1]
+    ps = plain_projections(name, q, xs)
+    hidden = q["weight"].shape[0] if name == "LinearRecurrence" else q["weight_hh"].shape[1]
     h0 = jnp.zeros((xs.shape[1], hidden), xs.dtype)
     step = plain_step(name)
     _, ys = jax.lax.scan(lambda h, p: step(q, h, p), (h0, h0) if name == "LSTM" else h0, ps)
@@ -201,11 +216,14 @@ class JaxBench:
                 return rnn.lstm(x, zeros, zeros, w, lengths, h, h, 1, 0.0, False)[0]
 
             self.time_major = lambda ys: np.swapaxes(ys, 0, 1)  # noqa: E731
-        elif contender == "plain":
+        elif contender in ("plain", "loopless"):
             names = ("weight_ih", "weight_hh", "weight_fh", "bias", "bias_hn", "weight", "decay_logit")
             self.params = {n: jnp.asarray(getattr(cell, n)) for n in names if hasattr(cell, n)}
             self.x = jnp.asarray(inputs(cfg, "tbf"))
-            forward = lambda q, x: plain_forward(cfg["cell"], q, x)  # noqa: E731
+            if contender == "plain":
+                forward = lambda q, x: plain_forward(cfg["cell"], q, x)  # noqa: E731
+            else:
+                forward = lambda q, x: plain_projections(cfg["cell"], q, x)  # noqa: E731
             self.time_major = lambda ys: ys  # noqa: E731
         else:
             fused = None if contender == "ours" else False
@@ -435,6 +453,8 @@ def run_grid(args) -> list[dict]:
             if sums:
                 ref = sums.get("plain") or next(iter(sums.values()))
                 for c, s in sums.items():
+                    if c in UNCHECKED:
+                        continue
                     tol = 2e-3 * math.sqrt(abs(ref[1]) + 1)
                     if not all(math.isclose(a, b, rel_tol=2e-3, abs_tol=tol) for a, b in zip(s, ref)):
                         log(f"  WARNING: {c}'s outputs differ from the reference: {s} vs {ref}")
@@ -490,8 +510,8 @@ def _fmt(v, ratio=False) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a text table; the cudnn columns only where that contender ran."""
-    shown = [c for c in CONTENDERS if c != "cudnn" or any(r["cudnn_calls"] for r in rows)]
+    """The rows as a text table; the loopless and cudnn columns only where those contenders ran."""
+    shown = [c for c in CONTENDERS if c not in SHOWN_WHERE_RUN or any(r[f"{c}_calls"] for r in rows)]
     ratios = [c for c in RATIOS if c in shown]
     header = ["cell", "B", "T", "H", "mode"] + shown + [f"ours/{c}" for c in ratios]
     lines = [header]

@@ -28,3 +28,28 @@ def test_a_worker_killed_after_its_setup_says_so_until_the_next_setup():
         assert worker.ask(cmd="time", mode="fwd")["ok"]
     finally:
         worker.close()
+
+
+def test_the_loopless_contender_outputs_the_projections_and_has_columns_only_where_it_ran():
+    """``loopless`` is the plain program less its loop: its outputs are the input projections (the
+    equation in NumPy), and the table shows its columns only for a run that measured it."""
+    import numpy as np
+
+    cfg = {"cell": "LSTM", "batch": 2, "length": 3, "hidden": 4, "device": "cpu"}
+    bench = bench_speed.JaxBench("loopless", cfg, "auto")
+    cell = bench_speed.make_cell("LSTM", 4)
+    x = bench_speed.inputs(cfg, "tbf").astype(np.float64)
+    expected = x @ np.asarray(cell.weight_ih, np.float64).T + np.asarray(cell.bias, np.float64)
+    np.testing.assert_allclose(bench.outputs(), expected, rtol=1e-5, atol=1e-6)
+
+    def row(loopless_calls):
+        r = {"cell": "LSTM", "batch": 2, "length": 3, "hidden": 4, "mode": "train"}
+        for c in bench_speed.CONTENDERS:
+            r[f"{c}_ms"], r[f"{c}_calls"] = 2.0, (loopless_calls if c == "loopless" else 5 * (c != "cudnn"))
+        for c in bench_speed.RATIOS:
+            r[f"ours/{c}"] = 1.0
+        return r
+
+    header = lambda calls: bench_speed.table([row(calls)]).splitlines()[0].split()  # noqa: E731
+    assert "loopless" not in header(0) and "ours/loopless" not in header(0)
+    assert "loopless" in header(5) and "ours/loopless" in header(5) and "cudnn" not in header(5)
