@@ -4,7 +4,7 @@ On a processor with AVX-512 the loops' products use 16-number vectors; on one wi
 only, 8-number vectors in blocks of at most six rows (loops.h). This machine's own build is
 tested by test_native.py and test_native_cells.py; here a second Python process builds the loops
 with ``RECURRAX_NATIVE_FLAGS=-mno-avx512f`` (the AVX2 code on a processor that has AVX-512 too)
-and checks each cell's layer (with episode starts), outputs and gradients, against the plain
+and checks each cell's layer (LinearRecurrence's too; with episode starts), outputs and gradients, against the plain
 scan: a batch of five (one thread, the loops then reading their input products from a product over
 all steps) and of sixteen (two threads of eight rows: a block of six and one of two).
 """
@@ -25,14 +25,15 @@ import recurrax, recurrax.native as native
 from native_checks import assert_close, assert_native_equals_plain, native_and_plain
 
 assert "-mno-avx512f" in native._flags()
-# (cell, its library of loops, its forward loop's name)
-cells = [(recurrax.Elman, "elman", "elman"), (recurrax.LSTM, "lstm", "lstm"), (recurrax.GRU, "gru", "gru"),
-         (recurrax.MGU, "forget_gate", "mgu")]
-libraries = [library for _, library, _ in cells]
+# (cell, its library of loops, its forward loop's name, its hidden size: LinearRecurrence's 27 = a
+# block of two vectors, a vector and 3 numbers one by one)
+cells = [(recurrax.Elman, "elman", "elman", 32), (recurrax.LSTM, "lstm", "lstm", 32), (recurrax.GRU, "gru", "gru", 32),
+         (recurrax.MGU, "forget_gate", "mgu", 32), (recurrax.LinearRecurrence, "linear", "linear", 27)]
+libraries = [library for _, library, _, _ in cells]
 with ThreadPoolExecutor(len(libraries)) as pool:  # compiled side by side
     assert all(pool.map(native.available, libraries)), [native.build_error(library) for library in libraries]
-for cell_class, library, forward_loop in cells:
-    cell = cell_class(24, 32, key=jax.random.key(0))
+for cell_class, library, forward_loop, hidden in cells:
+    cell = cell_class(24, hidden, key=jax.random.key(0))
     for batch in (5, 16):
         xs = jax.random.normal(jax.random.key(batch), (batch, 7, 24))
         starts = jax.random.bernoulli(jax.random.key(batch + 1), 0.3, (batch, 7))  # packed episodes

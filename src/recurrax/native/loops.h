@@ -84,6 +84,7 @@ inline Vector load(const float* p) { return _mm512_loadu_ps(p); }
 inline void store(float* p, Vector v) { _mm512_storeu_ps(p, v); }
 inline Vector zeros() { return _mm512_setzero_ps(); }
 inline Vector add(Vector a, Vector b) { return _mm512_add_ps(a, b); }
+inline Vector multiply(Vector a, Vector b) { return _mm512_mul_ps(a, b); }
 inline Vector broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
 // The most rows a product block takes: their 16 sums (2 vectors a row) and a panel row in 32 registers.
@@ -95,6 +96,7 @@ inline Vector load(const float* p) { return _mm256_loadu_ps(p); }
 inline void store(float* p, Vector v) { _mm256_storeu_ps(p, v); }
 inline Vector zeros() { return _mm256_setzero_ps(); }
 inline Vector add(Vector a, Vector b) { return _mm256_add_ps(a, b); }
+inline Vector multiply(Vector a, Vector b) { return _mm256_mul_ps(a, b); }
 inline Vector broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline Vector multiply_add(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
 // The most rows a product block takes: their 12 sums (2 vectors a row), a panel row and a broadcast in
