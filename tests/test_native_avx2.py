@@ -25,8 +25,8 @@ import recurrax, recurrax.native as native
 from native_checks import assert_close, assert_native_equals_plain, native_and_plain
 
 assert "-mno-avx512f" in native._flags()
-# (cell, its library of loops, its forward loop's name, its hidden size: LinearRecurrence's 27 = a
-# block of two vectors, a vector and 3 numbers one by one)
+# (cell, its library of loops, its forward loop's name, its hidden size: LinearRecurrence's 27 runs
+# forward as three vectors and 3 numbers one by one, backward as a block of two vectors, a vector and 3)
 cells = [(recurrax.Elman, "elman", "elman", 32), (recurrax.LSTM, "lstm", "lstm", 32), (recurrax.GRU, "gru", "gru", 32),
          (recurrax.MGU, "forget_gate", "mgu", 32), (recurrax.LinearRecurrence, "linear", "linear", 27)]
 libraries = [library for _, library, _, _ in cells]
