@@ -57,3 +57,7 @@ def test_cells_are_registered_by_name():
     linear = {"lru", "mingru", "minlstm", "s6", "rglru", "ffm", "linear-attention", "gated-deltanet"}
     assert set(recurrax.CELLS) == classic | linear
     assert recurrax.get_cell_class("LSTM") is recurrax.LSTM
+    assert recurrax.get_cell_class("LinearRecurrence") is recurrax.LinearRecurrence  # class names too
+    assert recurrax.get_cell_class("forgetelman") is recurrax.ForgetElman
+    with pytest.raises(ValueError, match="unknown cell 'linear_recurrence'"):
+        recurrax.get_cell_class("linear_recurrence")

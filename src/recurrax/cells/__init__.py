@@ -33,11 +33,15 @@ CELLS: dict[str, type[Cell]] = {
 
 
 def get_cell_class(name: str) -> type[Cell]:
-    """The cell class registered as ``name`` (e.g. ``"lstm"``); unknown names raise listing the choices."""
+    """The cell class registered as ``name`` (e.g. ``"lstm"``), or named so (``"LinearRecurrence"``),
+    either in any case; unknown names raise listing the choices."""
     key = name.lower()
-    if key not in CELLS:
-        raise ValueError(f"unknown cell {name!r}; expected one of: {', '.join(CELLS)}")
-    return CELLS[key]
+    if key in CELLS:
+        return CELLS[key]
+    for cls in CELLS.values():
+        if cls.__name__.lower() == key:
+            return cls
+    raise ValueError(f"unknown cell {name!r}; expected one of: {', '.join(CELLS)} (or their class names)")
 
 
 __all__ = [
