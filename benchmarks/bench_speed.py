@@ -75,8 +75,6 @@ RATIOS = ["torch", "plain", "loopless", "unfused", "cudnn"]  # the table's colum
 UNCHECKED = {"loopless"}  # contenders whose outputs are not the states (not checked against the reference)
 SHOWN_WHERE_RUN = {"loopless", "cudnn"}  # the table's columns of contenders run only when asked for
 MODES = ["fwd", "train"]
-ALIASES = {"linear": "LinearRecurrence", "elman": "Elman", "forget-elman": "ForgetElman", "forgetelman": "ForgetElman",
-           "mgu": "MGU", "gru": "GRU", "lstm": "LSTM"}
 
 
 # ============================================================================================
@@ -562,12 +560,16 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.batch, args.length, args.hidden, args.repeats, args.min_time = [8], [50], [32], 2, 0.05
+    import recurrax  # its registry reads the cells' names (registry or class names, any case)
+
     cells = ALL_CELLS if args.cells == ["all"] else args.cells
     try:
-        args.cells = [ALIASES.get(c.lower(), c) for c in cells]
-        assert all(c in ALL_CELLS for c in args.cells)
-    except AssertionError:
-        p.error(f"unknown cell in {cells}; choose from {', '.join(ALIASES)} or all")
+        args.cells = [recurrax.get_cell_class(c).__name__ for c in cells]
+    except ValueError:
+        args.cells = None
+    if args.cells is None or not set(args.cells) <= set(ALL_CELLS):
+        p.error(f"unknown classic cell in {cells}; choose from {', '.join(ALL_CELLS)} (or their registry "
+                "names: linear, elman, forget-elman, mgu, gru, lstm) or all")
     if args.contenders is None:
         args.contenders = CONTENDERS if args.device == "gpu" else CPU_CONTENDERS
     bad = [c for c in args.contenders if c not in CONTENDERS]

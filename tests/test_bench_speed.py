@@ -1,8 +1,11 @@
-"""``benchmarks/bench_speed.py``: a contender's worker that dies mid-configuration is named as such."""
+"""``benchmarks/bench_speed.py``: a contender's worker that dies mid-configuration is named as such;
+the loopless contender; cells named as the library's registry names them."""
 
 import os
 import signal
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 
@@ -53,3 +56,10 @@ def test_the_loopless_contender_outputs_the_projections_and_has_columns_only_whe
     header = lambda calls: bench_speed.table([row(calls)]).splitlines()[0].split()  # noqa: E731
     assert "loopless" not in header(0) and "ours/loopless" not in header(0)
     assert "loopless" in header(5) and "ours/loopless" in header(5) and "cudnn" not in header(5)
+
+
+@pytest.mark.parametrize("cells", ["nope", "linear,lru"])
+def test_a_cell_that_is_not_classic_is_refused_by_name(cells, capsys):
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--cells", cells, "--quick"])
+    assert f"unknown classic cell in {cells.split(',')}" in capsys.readouterr().err
