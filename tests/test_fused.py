@@ -375,8 +375,9 @@ def test_backward_writes_its_gradients_over_the_residuals(monkeypatch, name):
 
 def test_lstm_writes_its_gates_over_the_hoisted_projections(monkeypatch):
     """Where LSTM hoists its input projections (here: 16 sequences), the loop that saves the
-    gates writes them over the projections: at least half a T x B x 4H buffer less scratch memory
-    than with a buffer of their own (XLA's CPU compiler reuses some of that buffer later), and the
+    gates writes them over the projections: at least a quarter of a T x B x 4H buffer less scratch
+    memory than with a buffer of their own (XLA's CPU compiler reuses some of that buffer later:
+    here 26% of it is saved, 50% while the weight gradients' products copied their operands), and the
     same values and gradients as the plain loop (the other tests run this path at their small
     batches)."""
     if jax.default_backend() != "cpu":
@@ -397,7 +398,7 @@ def test_lstm_writes_its_gates_over_the_hoisted_projections(monkeypatch):
     rule_for = recurrax.fused.rule_for
     monkeypatch.setattr(recurrax.fused, "rule_for", lambda c: rule_for(c)._replace(residuals_over_projections=False))
     gates = batch * length * 4 * hidden * 4
-    assert scratch() - over >= gates / 2
+    assert scratch() - over >= gates / 4
     monkeypatch.undo()
     with recurrax.fused.disabled():
         want = jax.jit(jax.value_and_grad(loss))(cell, xs)
