@@ -8,6 +8,7 @@ import numpy as np
 
 import recurrax
 from recurrax._rows_matmul import rows_matmul
+from recurrax.lm.model import LanguageModel
 
 BATCH, LENGTH, IN, OUT = 3, 5, 4, 6
 
@@ -87,3 +88,41 @@ def test_fused_lstm_weight_gradients_take_2d_products():
     dots = _dots(jax.jit(jax.grad(loss)).lower(cell).as_text())
     assert not [d for d in dots if d[1] == "0, 1"], dots
     assert (f"{BATCH * LENGTH}x{4 * 16}", "0") in dots, dots
+
+
+def test_second_order_derivatives_pass_through():
+    """jax.hessian (forward over reverse) of the vmapped product matches the equations: for
+    L(W) = Σ sin(A Wᵀ), ∂²L/∂W_gk∂W_hl = -δ_gh Σ_{b,t} sin(C_btg) A_btk A_btl."""
+    a, w = _data()
+    hessian = jax.hessian(_loss)(w, a)
+    c = a @ w.T
+    block = -np.einsum("btg,btk,btl->gkl", np.sin(c), a, a)
+    expected = np.zeros((OUT, IN, OUT, IN))
+    for g in range(OUT):
+        expected[g, :, g, :] = block[g]
+    np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jacfwd(_loss)(w, a), _per_sequence_reference(w, a)[0].sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_heads_weight_gradients_take_2d_products():
+    """A head (y_t = W h_t + b) and a language model's softmax read out of a vmapped batch: their
+    weights' gradients (against the equations in NumPy) come from one 2-D product over all rows."""
+    hs, _ = _data()
+    head = recurrax.Head(IN, OUT, key=jax.random.key(2))
+
+    def head_loss(head):
+        return jnp.sum(jnp.sin(jax.vmap(head)(hs)))
+
+    w, b = np.asarray(head.weight), np.asarray(head.bias)
+    got = jax.jit(jax.grad(head_loss))(head)
+    np.testing.assert_allclose(got.weight, np.einsum("btg,btk->gk", np.cos(hs @ w.T + b), hs), rtol=1e-5, atol=1e-5)
+    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(jax.jit(jax.grad(head_loss)).lower(head).as_text())
+
+    lm = LanguageModel("lstm", OUT, 8, key=jax.random.key(3))
+    tokens = jax.random.randint(jax.random.key(4), (BATCH, LENGTH), 0, OUT)
+    lm_loss = lambda lm: jnp.sum(jnp.sin(jax.vmap(lm)(tokens)))  # noqa: E731
+    hidden = np.asarray(jax.vmap(lambda s: lm.hidden(s)[0])(tokens))
+    logits = hidden @ np.asarray(lm.output_weight).T + np.asarray(lm.output_bias)
+    got = jax.jit(jax.grad(lm_loss))(lm)
+    np.testing.assert_allclose(got.output_weight, np.einsum("btv,bth->vh", np.cos(logits), hidden), rtol=1e-4, atol=1e-5)
+    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(jax.jit(jax.grad(lm_loss)).lower(lm).as_text())

@@ -7,7 +7,11 @@ cotangent ``dC`` (T, G) the backward loop writes; autodiff gives ``dW = dCᵀ A`
 ``jax.vmap`` over a batch of sequences that product contracts two axes, the sequences and the
 steps, and XLA's CPU compiler first copies one operand (B, T, G) transposed to (G, B·T) (at a GRU's
 B = 256, T = 200, H = 512: 179 ms of a 2.4 s training step). Reshaped to (B·T, G) and (B·T, K)
-the same product contracts the rows of two matrices, which XLA's matmul reads as they are.
+the same product contracts the rows of two matrices, which XLA's matmul reads as they are. The
+heads read out of a batch alike (:class:`recurrax.Head`, a language model's softmax layer, whose
+logits' gradient (B, T, vocabulary) is the largest array of a word-level model's step: an LSTM
+language model's training step at vocabulary 10,000, H = 256, B = 32, T = 64 took 339, 317 ->
+283, 293 ms, separate processes alternating; at a character level's 100 tokens, unchanged).
 
 :func:`rows_matmul` takes that 2-D form wherever ``jax.vmap`` batches the function before it is
 differentiated (``jax.grad`` of a function that maps a layer over a batch, the layers' common

@@ -84,9 +84,9 @@ import jax.numpy as jnp
 
 from . import _checks
 from ._batching import mapped_batch_size
-from ._rows_matmul import rows_matmul
 from ._first_order import first_order_only
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
+from ._rows_matmul import rows_matmul
 from ._trees import tree_where
 from .allocator import freed_memory_kept
 from .cells.activations import ACTIVATIONS

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 
 from . import native
 from ._batching import mapped_batch_size
-from ._rows_matmul import rows_matmul
 from ._first_order import first_order_only
+from ._rows_matmul import rows_matmul
 from .cells.base import Cell
 from .cells.elman import Elman, ForgetElman
 from .cells.gru import GRU

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from ._rows_matmul import rows_matmul
 from .cells import AssociativeCell, Cell, get_cell_class
 from .cells.activations import get_activation
 from .cells.base import uniform_init
@@ -331,7 +332,7 @@ class Head(eqx.Module):
         return jnp.concatenate([hs, xs], -1)
 
     def __call__(self, hs, xs=None):
-        zs = self._features(hs, xs) @ self.weight.T + self.bias
+        zs = rows_matmul(self._features(hs, xs), self.weight) + self.bias
         return get_activation(self.activation)(zs)
 
     def last(self, hs, xs=None, mask=None, *, backward_size: int = 0):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _checks
+from .._rows_matmul import rows_matmul
 from ..layers import ScanChoice, Stack, dropout as apply_dropout, make_stack
 
 
@@ -75,7 +76,7 @@ class LanguageModel(eqx.Module):
 
     def _logits(self, hs: jax.Array) -> jax.Array:
         weight = self.embedding if self.output_weight is None else self.output_weight
-        return hs @ weight.T + self.output_bias
+        return rows_matmul(hs, weight) + self.output_bias
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedding[_checks.token_ids(tokens, self.vocab_size)]
