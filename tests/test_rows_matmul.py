@@ -114,15 +114,17 @@ def test_heads_weight_gradients_take_2d_products():
         return jnp.sum(jnp.sin(jax.vmap(head)(hs)))
 
     w, b = np.asarray(head.weight), np.asarray(head.bias)
-    got = jax.jit(jax.grad(head_loss))(head)
+    head_grad = jax.jit(jax.grad(head_loss))
+    got = head_grad(head)
     np.testing.assert_allclose(got.weight, np.einsum("btg,btk->gk", np.cos(hs @ w.T + b), hs), rtol=1e-5, atol=1e-5)
-    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(jax.jit(jax.grad(head_loss)).lower(head).as_text())
+    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(head_grad.lower(head).as_text())
 
     lm = LanguageModel("lstm", OUT, 8, key=jax.random.key(3))
     tokens = jax.random.randint(jax.random.key(4), (BATCH, LENGTH), 0, OUT)
     lm_loss = lambda lm: jnp.sum(jnp.sin(jax.vmap(lm)(tokens)))  # noqa: E731
     hidden = np.asarray(jax.vmap(lambda s: lm.hidden(s)[0])(tokens))
     logits = hidden @ np.asarray(lm.output_weight).T + np.asarray(lm.output_bias)
-    got = jax.jit(jax.grad(lm_loss))(lm)
+    lm_grad = jax.jit(jax.grad(lm_loss))
+    got = lm_grad(lm)
     np.testing.assert_allclose(got.output_weight, np.einsum("btv,bth->vh", np.cos(logits), hidden), rtol=1e-4, atol=1e-5)
-    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(jax.jit(jax.grad(lm_loss)).lower(lm).as_text())
+    assert (f"{BATCH * LENGTH}x{OUT}", "0") in _dots(lm_grad.lower(lm).as_text())
