@@ -5,9 +5,12 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import recurrax
-from recurrax._rows_matmul import rows_matmul
+import recurrax._rows_matmul as rows
+import recurrax.fused
+from recurrax._rows_matmul import rows_matmul, weight_gradients_as_rows
 from recurrax.lm.model import LanguageModel
 
 BATCH, LENGTH, IN, OUT = 3, 5, 4, 6
@@ -85,9 +88,43 @@ def test_fused_lstm_weight_gradients_take_2d_products():
     def loss(c):
         return jnp.sum(jax.vmap(lambda s: recurrax.scan(c, s)[0])(a))
 
-    dots = _dots(jax.jit(jax.grad(loss)).lower(cell).as_text())
+    with weight_gradients_as_rows(True):
+        dots = _dots(jax.jit(jax.grad(loss)).lower(cell).as_text())
     assert not [d for d in dots if d[1] == "0, 1"], dots
     assert (f"{BATCH * LENGTH}x{4 * 16}", "0") in dots, dots
+
+
+@pytest.mark.parametrize("make", [lambda key: recurrax.LSTM(IN, 16, key=key),
+                                  lambda key: recurrax.GRU(IN, 16, key=key),
+                                  lambda key: recurrax.LinearRecurrence(IN, 16, key=key)])
+def test_fused_gradients_equal_the_plain_scan_with_either_product(make):
+    """The recurrent scans' products (gate_matmul) as 2-D products or as XLA's products of the
+    batched arrays: the programs differ as said, the gradients equal the plain scan's."""
+    cell = make(jax.random.key(0))
+    a, _ = _data()
+
+    def loss(c):
+        return jnp.sum(jnp.sin(jax.vmap(lambda s: recurrax.scan(c, s)[0])(a)))
+
+    with recurrax.fused.disabled():
+        want = jax.grad(loss)(cell)
+    for as_rows in (True, False):
+        with weight_gradients_as_rows(as_rows):
+            got = jax.grad(loss)(cell)
+            dots = _dots(jax.jit(jax.grad(loss)).lower(cell).as_text())
+        assert any(d[1] == "0" for d in dots) == as_rows, (as_rows, dots)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_the_2d_product_is_the_default_but_on_amd_processors_under_the_cpu_backend(monkeypatch):
+    monkeypatch.setattr(rows, "_amd_processor", lambda: True)
+    assert rows.rows_pay() == (jax.default_backend() != "cpu")
+    monkeypatch.setattr(rows, "_amd_processor", lambda: False)
+    assert rows.rows_pay()
+    with weight_gradients_as_rows(False):
+        assert not rows._as_rows()
+    assert rows._as_rows()
 
 
 def test_second_order_derivatives_pass_through():

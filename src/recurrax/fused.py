@@ -51,12 +51,13 @@ cotangents are ``dZ`` (per cell, the gradients of the recurrent pre-activations 
 projections). Ordinary autodiff of ``C`` and ``P`` then gives the products above, contracted over
 time *and* batch, under ``vmap`` or not; per-example gradients (``vmap`` of ``grad``) stay correct.
 ``H_prev`` comes from the forward loop, which therefore runs first, on stopped gradients. The
-carriers' products are :func:`recurrax._rows_matmul.rows_matmul`, whose weight gradient under
-``vmap`` is one product over all B·T rows of two matrices: written as plain products, XLA's CPU
-compiler copied the gate gradients transposed first (measured on a 2-core Intel Xeon, native
-loops, same runs alternating: LSTM training B = 256, T = 1000, H = 128 1587, 1558 -> 1092,
-1224 ms; B = 32, T = 200, H = 512 513, 490 -> 415, 357; GRU B = 256, T = 200, H = 512 2527,
-2609 -> 2164, 2069).
+carriers' products are :func:`recurrax._rows_matmul.gate_matmul`, whose weight gradient under
+``vmap`` is, where that pays, one product over all B·T rows of two matrices: written as plain
+products, XLA's CPU compiler copied the gate gradients transposed first (measured on a 2-core
+Intel Xeon, native loops, same runs alternating: LSTM training B = 256, T = 1000, H = 128 1587,
+1558 -> 1092, 1224 ms; B = 32, T = 200, H = 512 513, 490 -> 415, 357; GRU B = 256, T = 200,
+H = 512 2527, 2609 -> 2164, 2069). On an AMD EPYC the copy and an ordinary product ran faster
+than the 2-D one, so the plain products stay there (:mod:`recurrax._rows_matmul`).
 
 Limits (the plain path covers them: ``fused=False``): first-order reverse-mode derivatives only.
 Forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's "can't apply forward-mode autodiff (jvp) to
@@ -86,7 +87,7 @@ from . import _checks
 from ._batching import mapped_batch_size
 from ._first_order import first_order_only
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
-from ._rows_matmul import rows_matmul
+from ._rows_matmul import gate_matmul
 from ._trees import tree_where
 from .allocator import freed_memory_kept
 from .cells.activations import ACTIVATIONS
@@ -252,7 +253,7 @@ LSTM_RULE = Rule(
     consts=lambda cell: (cell.weight_hh,),
     forward=_lstm_forward,
     backward=_lstm_backward,
-    carriers=lambda cell, h_prev, res: (rows_matmul(h_prev, cell.weight_hh),),
+    carriers=lambda cell, h_prev, res: (gate_matmul(h_prev, cell.weight_hh),),
     gate_grads=lambda dp, extra: (dp,),
     output=lambda s: s[0],
     add_output_grad=lambda ds, dy: (ds[0] + dy, ds[1]),
@@ -290,7 +291,7 @@ def _gru_backward(consts, res, h_in, h_out, dh):
 
 def _gru_carriers(cell, h_prev, res):
     w_rz, w_n = jnp.split(cell.weight_hh, [2 * cell.hidden_size])
-    return rows_matmul(h_prev, w_rz), rows_matmul(h_prev, w_n) + cell.bias_hn
+    return gate_matmul(h_prev, w_rz), gate_matmul(h_prev, w_n) + cell.bias_hn
 
 
 GRU_RULE = Rule(
@@ -325,7 +326,7 @@ def _elman_rule(activation: str) -> Rule:
         consts=lambda cell: (cell.weight_hh,),
         forward=forward,
         backward=backward,
-        carriers=lambda cell, h_prev, res: (rows_matmul(h_prev, cell.weight_hh),),
+        carriers=lambda cell, h_prev, res: (gate_matmul(h_prev, cell.weight_hh),),
         gate_grads=lambda dp, extra: (dp,),
         in_loop=False,
     )
@@ -354,8 +355,8 @@ def _forget_elman_rule(activation: str) -> Rule:
         forward=forward,
         backward=backward,
         carriers=lambda cell, h_prev, f: (
-            rows_matmul(h_prev, cell.weight_fh),
-            rows_matmul(f * h_prev, cell.weight_hh),
+            gate_matmul(h_prev, cell.weight_fh),
+            gate_matmul(f * h_prev, cell.weight_hh),
         ),
         gate_grads=lambda dp, extra: dp,
         in_loop=False,
@@ -386,8 +387,8 @@ MGU_RULE = Rule(
     forward=_mgu_forward,
     backward=_mgu_backward,
     carriers=lambda cell, h_prev, res: (
-        rows_matmul(h_prev, cell.weight_fh),
-        rows_matmul(res[0] * h_prev, cell.weight_hh),
+        gate_matmul(h_prev, cell.weight_fh),
+        gate_matmul(res[0] * h_prev, cell.weight_hh),
     ),
     gate_grads=lambda dp, extra: dp,
     in_loop=False,
@@ -835,11 +836,11 @@ def _input_carriers(cell: Cell, xs, blocks: tuple[int, ...]):
     ``Rule.gate_blocks`` a tuple of one product per block of gates, whose cotangents are the
     backward step's per-block gradients."""
     if not blocks:
-        return rows_matmul(xs, cell.weight_ih) + cell.bias
+        return gate_matmul(xs, cell.weight_ih) + cell.bias
     cuts = [width * cell.hidden_size for width in itertools.accumulate(blocks[:-1])]
     weights = jnp.split(cell.weight_ih, cuts)
     biases = jnp.split(cell.bias, cuts)
-    return tuple(rows_matmul(xs, w) + b for w, b in zip(weights, biases))
+    return tuple(gate_matmul(xs, w) + b for w, b in zip(weights, biases))
 
 
 PIECE_MIN_BATCH = 32  # smaller batches run their sequence as one piece

@@ -14,7 +14,7 @@ What stays in XLA, as on the rest of the fused path: the input projections' grad
 weight gradients, from products over all steps through the *gradient carriers* (arrays whose
 values XLA never computes and whose cotangents are the pre-activation gradients the backward loop
 writes; see :mod:`recurrax.fused`; their products, and LinearRecurrence's input products, are
-:func:`recurrax._rows_matmul.rows_matmul`), so ``jax.vmap``, per-example gradients and ensembles
+:func:`recurrax._rows_matmul.gate_matmul`), so ``jax.vmap``, per-example gradients and ensembles
 stay exact. The forward loop also takes the input products, one product a step ``[x_t, h_{t-1}]
 [W_xᵀ; W_hᵀ]`` per gate block (the GRU: ``x_t W_ihᵀ`` and ``h_{t-1} W_hhᵀ``, since its reset gate
 multiplies the recurrent part alone), except where the batch runs on one thread
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from . import native
 from ._batching import mapped_batch_size
 from ._first_order import first_order_only
-from ._rows_matmul import rows_matmul
+from ._rows_matmul import gate_matmul
 from .cells.base import Cell
 from .cells.elman import Elman, ForgetElman
 from .cells.gru import GRU
@@ -214,8 +214,8 @@ def _lstm_piece(cell: LSTM, xs, h0, h_reset, starts, steps, batch):
         loop_inputs = (sg(xs), steps, *resets, w_t, frozen.bias, h_first, c_first)
     gates, hs, cs = forward(*loop_inputs)
     hs_inference, c_last = inference(*loop_inputs)
-    projections = rows_matmul(xs, cell.weight_ih)  # carriers: their values are never used
-    carriers = (rows_matmul(_previous(h_first, hs, starts, reset_h), cell.weight_hh),)
+    projections = gate_matmul(xs, cell.weight_ih)  # carriers: their values are never used
+    carriers = (gate_matmul(_previous(h_first, hs, starts, reset_h), cell.weight_hh),)
     saved = (c_first, steps, begins, reset_c, gates, cs, frozen.weight_hh)
     return _attach(_lstm_vjp, (projections, cell.bias, carriers, h0, h_reset), saved,
                    (hs, (hs[-1], cs[-1])), (hs_inference, (hs_inference[-1], c_last)))
@@ -259,8 +259,8 @@ def _gru_piece(cell: GRU, xs, h0, h_reset, starts, steps, batch):
     w_ih_rz, w_in = jnp.split(cell.weight_ih, [cut])
     w_hh_rz, w_hn = jnp.split(cell.weight_hh, [cut])
     h_prev = _previous(h_first, hs, starts, resets[1])
-    carriers = ((rows_matmul(xs, w_ih_rz), rows_matmul(xs, w_in)),
-                (rows_matmul(h_prev, w_hh_rz), rows_matmul(h_prev, w_hn)))
+    carriers = ((gate_matmul(xs, w_ih_rz), gate_matmul(xs, w_in)),
+                (gate_matmul(h_prev, w_hh_rz), gate_matmul(h_prev, w_hn)))
     saved = (hs, gates, steps, resets, h_first, frozen.weight_hh)
     return _attach(_gru_vjp, (carriers, cell.bias, cell.bias_hn, h0, h_reset), saved, (hs, hs[-1]),
                    (hs_inference, hs_inference[-1]))
@@ -296,8 +296,8 @@ def _elman_piece(cell: Elman, xs, h0, h_reset, starts, steps, batch):
     else:
         w_t = jnp.concatenate([frozen.weight_ih, frozen.weight_hh], axis=1).T  # [W_ihᵀ; W_hhᵀ]
         (hs,) = forward(sg(xs), steps, begins, sg(h_reset), w_t, frozen.bias, h_first)
-    projections = rows_matmul(xs, cell.weight_ih)  # carriers: their values are never used
-    carriers = (rows_matmul(_previous(h_first, hs, starts, sg(h_reset)), cell.weight_hh),)
+    projections = gate_matmul(xs, cell.weight_ih)  # carriers: their values are never used
+    carriers = (gate_matmul(_previous(h_first, hs, starts, sg(h_reset)), cell.weight_hh),)
     out = (hs, hs[-1])
     return _attach(_elman_vjp(backward), (projections, cell.bias, carriers, h0, h_reset),
                    (hs, steps, begins, frozen.weight_hh), out, out)
@@ -355,9 +355,9 @@ def _forget_gate_piece(cell: ForgetElman | MGU, xs, h0, h_reset, starts, steps, 
     hs, gates = residuals[0], residuals[1]
     # Carriers, one product per gate block (no product reads a block sliced out of a stacked dP).
     weight_fx, weight_hx = jnp.split(cell.weight_ih, [hidden])
-    projections = (rows_matmul(xs, weight_fx), rows_matmul(xs, weight_hx))
+    projections = (gate_matmul(xs, weight_fx), gate_matmul(xs, weight_hx))
     h_prev = _previous(h_first, hs, starts, resets[1])
-    carriers = (rows_matmul(h_prev, cell.weight_fh), rows_matmul(gates * h_prev, cell.weight_hh))
+    carriers = (gate_matmul(h_prev, cell.weight_fh), gate_matmul(gates * h_prev, cell.weight_hh))
     saved = (residuals, steps, resets, h_first, frozen.weight_fh, frozen.weight_hh)
     return _attach(_forget_gate_vjp(backward), (projections, cell.bias, carriers, h0, h_reset), saved,
                    (hs, hs[-1]), (hs_inference, hs_inference[-1]))
@@ -400,7 +400,7 @@ def linear_scan(cell: LinearRecurrence, xs, h0, h_reset, starts, mask):
     forward 1.1-1.4x slower.)"""
     steps = _steps(mask, xs.shape[0])
     begins = _starts(starts, xs.shape[0])
-    products = rows_matmul(xs, cell.weight)  # its weight gradient one product over all rows
+    products = gate_matmul(xs, cell.weight)  # its weight gradient one product over all rows
     gamma = cell.decay
     h_first = sg(h0)
     (hs,) = _linear_forward(sg(products), steps, begins, sg(h_reset), sg(gamma), sg(cell.bias), h_first)
