@@ -75,8 +75,9 @@ def rows_pay() -> bool:
 def weight_gradients_as_rows(on: bool | None) -> Iterator[None]:
     """Within this block, :func:`gate_matmul` calls *traced* here take their weight gradients under
     ``jax.vmap`` as one 2-D product over all rows (``True``, :func:`rows_matmul`) or as XLA's
-    product of the batched arrays (``False``); ``None`` restores :func:`rows_pay`'s choice. ``jax.jit`` traces a function
-    again under another setting. Values and gradients do not depend on it."""
+    product of the batched arrays (``False``); ``None`` restores :func:`rows_pay`'s choice.
+    ``jax.jit`` traces a function again under another setting. Values and gradients do not depend
+    on it."""
     with _AS_ROWS(None if on is None else bool(on)):
         yield
 

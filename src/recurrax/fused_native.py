@@ -400,7 +400,7 @@ def linear_scan(cell: LinearRecurrence, xs, h0, h_reset, starts, mask):
     forward 1.1-1.4x slower.)"""
     steps = _steps(mask, xs.shape[0])
     begins = _starts(starts, xs.shape[0])
-    products = gate_matmul(xs, cell.weight)  # its weight gradient one product over all rows
+    products = gate_matmul(xs, cell.weight)  # its weight gradient one product over all steps
     gamma = cell.decay
     h_first = sg(h0)
     (hs,) = _linear_forward(sg(products), steps, begins, sg(h_reset), sg(gamma), sg(cell.bias), h_first)
