@@ -40,29 +40,18 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 from jax.custom_derivatives import SymbolicZero
 
+from .native import cpu_info
+
 _AS_ROWS = jax.make_user_context(default_value=None)
-
-
-def _cpu_vendor() -> str:
-    """The processor's vendor as Linux names it (``GenuineIntel``, ``AuthenticAMD``), or ``""``."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 @functools.cache
 def _amd_processor() -> bool:
-    return _cpu_vendor() == "AuthenticAMD"
+    return cpu_info("vendor_id") == "AuthenticAMD"
 
 
 def rows_pay() -> bool:

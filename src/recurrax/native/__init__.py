@@ -102,15 +102,22 @@ def _cache_dir() -> Path:
     return Path(base) / "recurrax"
 
 
-def _cpu_flags() -> set[str]:
+def cpu_info(field: str) -> str:
+    """The first processor's ``field`` in Linux's ``/proc/cpuinfo`` (``flags``, ``vendor_id``), or
+    ``""`` where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
+    return ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(cpu_info("flags").split())
 
 
 def _flags() -> list[str]:
