@@ -66,7 +66,16 @@ def weight_gradients_as_rows(on: bool | None) -> Iterator[None]:
     ``jax.vmap`` as one 2-D product over all rows (``True``, :func:`rows_matmul`) or as XLA's
     product of the batched arrays (``False``); ``None`` restores :func:`rows_pay`'s choice.
     ``jax.jit`` traces a function again under another setting. Values and gradients do not depend
-    on it."""
+    on it. Also importable as ``recurrax.fused.weight_gradients_as_rows``.
+
+    >>> import jax, jax.numpy as jnp, recurrax, recurrax.fused
+    >>> layer = recurrax.Recurrent(recurrax.LSTM(2, 3, key=jax.random.key(0)))
+    >>> loss = lambda layer, xs: jnp.sum(jax.vmap(layer)(xs))
+    >>> with recurrax.fused.weight_gradients_as_rows(False):
+    ...     grads = jax.grad(loss)(layer, jnp.ones((4, 5, 2)))
+    >>> grads.cell.weight_hh.shape
+    (12, 3)
+    """
     with _AS_ROWS(None if on is None else bool(on)):
         yield
 

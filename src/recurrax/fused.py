@@ -83,7 +83,7 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _checks
+from . import _checks, _rows_matmul
 from ._batching import mapped_batch_size
 from ._first_order import first_order_only
 from ._loops import scan_in_place, scan_into_buffers, scan_prefetched
@@ -423,6 +423,8 @@ def supports(cell: Cell) -> bool:
 
 # The switches below are read while tracing; as JAX user contexts they are part of jax.jit's cache
 # key, so a function traced under one setting is traced again under another, not served from the cache.
+weight_gradients_as_rows = _rows_matmul.weight_gradients_as_rows  # a switch beside disabled() and pieces()
+
 _ENABLED = jax.make_user_context(default_value=True)
 _PIECES = jax.make_user_context(default_value=None)
 
